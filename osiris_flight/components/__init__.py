@@ -1,0 +1,1 @@
+"""Extractors, transforms and writers. Each declares a ComponentSpec: config schema, role, operator."""

@@ -1,0 +1,1 @@
+"""Data layer: RowStream, the per-worker batch store with spill, Flight transport of outputs."""

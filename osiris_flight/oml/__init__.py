@@ -1,0 +1,1 @@
+"""OML: load, resolve params and connections, validate, compile to a manifest, plan into stages."""

@@ -1,0 +1,322 @@
+"""The whole contract between clients, the coordinator and workers, in one module.
+
+Every control message is a frozen dataclass with an ``op`` tag. On the wire it is a msgpack map
+``{"v": PROTOCOL_VERSION, "op": ..., <fields>}``; ``decode`` rejects a different version, an unknown
+op, or missing/extra fields with a ProtocolError that says which. No pickle anywhere.
+
+The Flight ticket that names a task output (``FetchOutput``) is a message of this module too.
+
+Compatibility rules: a field removed from a message is retired, never reused with another meaning;
+any change to a message's fields bumps PROTOCOL_VERSION.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import msgpack
+
+from osiris_flight.errors import ProtocolError
+
+PROTOCOL_VERSION = 1
+
+_REGISTRY: dict[str, type[Message]] = {}
+
+
+@dataclass(frozen=True)
+class Message:
+    op: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.op:
+            if cls.op in _REGISTRY:
+                raise TypeError(f"protocol op {cls.op!r} defined twice")
+            _REGISTRY[cls.op] = cls
+
+    def to_wire(self) -> dict[str, Any]:
+        body = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {"v": PROTOCOL_VERSION, "op": self.op, **body}
+
+
+def encode(message: Message) -> bytes:
+    return msgpack.packb(message.to_wire(), use_bin_type=True)
+
+
+def decode(data: bytes) -> Message:
+    try:
+        body = msgpack.unpackb(data, raw=False, strict_map_key=False)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise ProtocolError(f"undecodable message ({len(data)} bytes): {exc}") from None
+    if not isinstance(body, dict):
+        raise ProtocolError("message is not a map")
+    version = body.pop("v", None)
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(f"protocol version {version!r} is not supported (this peer speaks {PROTOCOL_VERSION})")
+    op = body.pop("op", None)
+    cls = _REGISTRY.get(op) if isinstance(op, str) else None
+    if cls is None:
+        raise ProtocolError(f"unknown op {op!r}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    required = {
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    }
+    if missing := required - body.keys():
+        raise ProtocolError(f"{op}: missing fields {sorted(missing)}")
+    if extra := body.keys() - names:
+        raise ProtocolError(f"{op}: unknown fields {sorted(extra)}")
+    return cls(**body)
+
+
+# -- worker -> coordinator -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Register(Message):
+    """First message of a worker. ``flight_uri`` is where its outputs are served."""
+
+    op: ClassVar[str] = "register"
+    worker_id: str
+    host: str
+    pid: int
+    slots: int
+    flight_uri: str
+    memory_limit_bytes: int
+
+
+@dataclass(frozen=True)
+class Heartbeat(Message):
+    op: ClassVar[str] = "heartbeat"
+    worker_id: str
+    running: list[str] = field(default_factory=list)
+    rss_bytes: int = 0
+    store_bytes: int = 0
+    spilled_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class TaskStarted(Message):
+    op: ClassVar[str] = "task_started"
+    run_id: str
+    task_id: str
+    attempt: int
+    worker_id: str
+    started_at: float
+
+
+@dataclass(frozen=True)
+class TaskProgress(Message):
+    """Per-step counters of a running task (rows and bytes so far), plus worker memory."""
+
+    op: ClassVar[str] = "task_progress"
+    run_id: str
+    task_id: str
+    attempt: int
+    steps: dict[str, dict[str, int]]
+    rss_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class TaskFinished(Message):
+    """``steps`` maps step id to its counters; ``spills`` lists spill events of the task's output."""
+
+    op: ClassVar[str] = "task_finished"
+    run_id: str
+    task_id: str
+    attempt: int
+    worker_id: str
+    started_at: float
+    finished_at: float
+    steps: dict[str, dict[str, Any]]
+    output_rows: int = 0
+    output_bytes: int = 0
+    spills: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class TaskFailed(Message):
+    op: ClassVar[str] = "task_failed"
+    run_id: str
+    task_id: str
+    attempt: int
+    worker_id: str
+    error: str
+    error_type: str
+    transient: bool
+    step_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Goodbye(Message):
+    op: ClassVar[str] = "goodbye"
+    worker_id: str
+    reason: str = ""
+
+
+# -- coordinator -> worker -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Welcome(Message):
+    op: ClassVar[str] = "welcome"
+    worker_id: str
+    heartbeat_interval_s: float
+    plugins: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Reject(Message):
+    """Sent instead of Welcome (or in reply to any unacceptable message), with the reason."""
+
+    op: ClassVar[str] = "reject"
+    reason: str
+
+
+@dataclass(frozen=True)
+class InputSource(Message):
+    """Where one partition of an input lives: the producer's Flight URI and the ticket to fetch."""
+
+    op: ClassVar[str] = "input_source"
+    step_id: str
+    flight_uri: str
+    ticket: bytes
+
+
+@dataclass(frozen=True)
+class AssignTask(Message):
+    """Run one task attempt. ``steps`` are manifest step dicts of the fused chain, in order.
+
+    ``inputs`` maps each upstream step id of the first step to the encoded InputSource maps of all
+    its partitions. ``connections`` carries resolved connection secrets for the steps that use
+    them; it is never logged or written to disk.
+    """
+
+    op: ClassVar[str] = "assign_task"
+    run_id: str
+    task_id: str
+    stage_id: str
+    partition: int
+    partitions: int
+    attempt: int
+    steps: list[dict[str, Any]]
+    inputs: dict[str, list[dict[str, Any]]]
+    output: str
+    output_dir: str
+    connections: dict[str, dict[str, Any]] = field(default_factory=dict)
+    batch_rows: int = 65536
+
+
+@dataclass(frozen=True)
+class CancelTask(Message):
+    op: ClassVar[str] = "cancel_task"
+    run_id: str
+    task_id: str
+    attempt: int
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class ReleaseOutputs(Message):
+    """Drop stored outputs: of one task attempt, or of the whole run when ``task_id`` is empty."""
+
+    op: ClassVar[str] = "release_outputs"
+    run_id: str
+    task_id: str = ""
+    attempt: int = 0
+
+
+@dataclass(frozen=True)
+class Shutdown(Message):
+    op: ClassVar[str] = "shutdown"
+    reason: str = ""
+
+
+# -- client <-> coordinator ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class SubmitRun(Message):
+    """Start (or resume) a run. ``run_dir`` is created by the coordinator; with ``resume`` it exists.
+
+    ``connections`` maps ``@family.alias`` references to resolved connection dicts (secrets): held
+    in memory for the run and passed only to the tasks that need them.
+    """
+
+    op: ClassVar[str] = "submit_run"
+    run_id: str
+    run_dir: str
+    manifest: dict[str, Any]
+    plan: dict[str, Any]
+    connections: dict[str, dict[str, Any]] = field(default_factory=dict)
+    resume: bool = False
+    max_attempts: int = 3
+
+
+@dataclass(frozen=True)
+class RunAccepted(Message):
+    op: ClassVar[str] = "run_accepted"
+    run_id: str
+    run_dir: str
+    skipped_tasks: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RunEvent(Message):
+    """An event of a run, as written to events.jsonl, forwarded live to the submitting client."""
+
+    op: ClassVar[str] = "run_event"
+    run_id: str
+    event: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RunFinished(Message):
+    op: ClassVar[str] = "run_finished"
+    run_id: str
+    status: str
+    error: str = ""
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CancelRun(Message):
+    op: ClassVar[str] = "cancel_run"
+    run_id: str
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class ClusterStatusRequest(Message):
+    op: ClassVar[str] = "cluster_status_request"
+
+
+@dataclass(frozen=True)
+class ClusterStatus(Message):
+    op: ClassVar[str] = "cluster_status"
+    workers: list[dict[str, Any]]
+    runs: list[str]
+
+
+# -- data plane ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FetchOutput(Message):
+    """The Flight ticket naming one task output: run, stage, partition, attempt."""
+
+    op: ClassVar[str] = "fetch_output"
+    run_id: str
+    stage_id: str
+    partition: int
+    attempt: int
+
+    @property
+    def key(self) -> tuple[str, str, int, int]:
+        return (self.run_id, self.stage_id, self.partition, self.attempt)
+
+
+def encode_ticket(ticket: FetchOutput) -> bytes:
+    return encode(ticket)
+
+
+def decode_ticket(data: bytes) -> FetchOutput:
+    message = decode(data)
+    if not isinstance(message, FetchOutput):
+        raise ProtocolError(f"ticket is a {message.op!r} message, expected 'fetch_output'")
+    return message
