@@ -1,0 +1,467 @@
+"""The scheduler: a pure state machine. Events in, instructions out; no sockets, no clocks.
+
+Every event carries ``now`` (seconds, any monotonic origin) so that backoff is testable. The
+coordinator feeds it what happens (workers joining and dying, tasks finishing and failing, a tick
+every loop) and carries out what it returns.
+
+Policy, in short:
+
+* A task is *ready* when every task it reads is running or done with its output still stored: a
+  consumer may start while its producer is still producing (producers never block on consumers, they
+  spill, so this cannot deadlock). Ready tasks start at once, in plan order, on the worker with the
+  most free slots, avoiding the worker where the task last failed.
+* A transient failure is retried with exponential backoff until ``max_attempts`` counted failures;
+  a terminal failure fails the run. Tasks that were only *disturbed* (their worker died, their input
+  vanished) are rerun without counting against that budget, up to ``max_disturbances``.
+* A dead worker's running tasks are rerun elsewhere; the outputs it held that are still needed are
+  recomputed from their lineage (recursively, through outputs already released).
+* Sinks commit once: a done sink is never rerun. On resume, sinks already committed in the journal
+  are done, and every task that only fed them is skipped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from osiris_flight.oml.model import Plan, Stage
+
+BACKOFF_BASE_S = 0.25
+BACKOFF_MAX_S = 5.0
+
+
+class Status(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+
+
+# -- events -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class WorkerJoined:
+    worker_id: str
+    slots: int
+    now: float
+
+
+@dataclass(frozen=True)
+class WorkerLost:
+    worker_id: str
+    reason: str
+    now: float
+
+
+@dataclass(frozen=True)
+class RunSubmitted:
+    run_id: str
+    plan: Plan
+    now: float
+    max_attempts: int = 3
+    committed: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class TaskSucceeded:
+    run_id: str
+    task_id: str
+    attempt: int
+    worker_id: str
+    now: float
+
+
+@dataclass(frozen=True)
+class TaskFailed:
+    run_id: str
+    task_id: str
+    attempt: int
+    worker_id: str
+    error: str
+    transient: bool
+    now: float
+
+
+@dataclass(frozen=True)
+class RunCancelled:
+    run_id: str
+    reason: str
+    now: float
+
+
+@dataclass(frozen=True)
+class Tick:
+    now: float
+
+
+Event = WorkerJoined | WorkerLost | RunSubmitted | TaskSucceeded | TaskFailed | RunCancelled | Tick
+
+
+# -- instructions -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class InputLocation:
+    """One partition of an input stage: which worker serves it and which attempt to fetch."""
+
+    stage_id: str
+    partition: int
+    worker_id: str
+    attempt: int
+
+
+@dataclass(frozen=True)
+class Assign:
+    run_id: str
+    task_id: str
+    attempt: int
+    worker_id: str
+    inputs: tuple[InputLocation, ...]
+
+
+@dataclass(frozen=True)
+class Cancel:
+    run_id: str
+    task_id: str
+    attempt: int
+    worker_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Release:
+    """The output of this attempt is no longer needed: the worker may drop it."""
+
+    run_id: str
+    task_id: str
+    attempt: int
+    worker_id: str
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Informational: a task attempt failed or was disturbed and will run again after ``delay_s``."""
+
+    run_id: str
+    task_id: str
+    attempt: int
+    reason: str
+    delay_s: float
+    counted: bool
+
+
+@dataclass(frozen=True)
+class Recompute:
+    """Informational: a finished task's output was lost and will be computed again."""
+
+    run_id: str
+    task_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class RunSucceeded:
+    run_id: str
+
+
+@dataclass(frozen=True)
+class RunFailed:
+    run_id: str
+    error: str
+    task_id: str | None = None
+
+
+Instruction = Assign | Cancel | Release | Retry | Recompute | RunSucceeded | RunFailed
+
+
+# -- state ------------------------------------------------------------------------------------------
+@dataclass
+class TaskState:
+    run_id: str
+    task_id: str
+    stage: Stage
+    partition: int
+    order: int
+    deps: tuple[str, ...]
+    consumers: tuple[str, ...] = ()
+    status: Status = Status.PENDING
+    attempt: int = 0
+    failures: int = 0
+    disturbances: int = 0
+    worker: str | None = None
+    not_before: float = 0.0
+    avoid_worker: str | None = None
+    output_available: bool = False
+    released: bool = False
+
+    @property
+    def has_output(self) -> bool:
+        return self.stage.output == "exchange"
+
+
+@dataclass
+class WorkerState:
+    worker_id: str
+    slots: int
+    running: set[tuple[str, str]] = field(default_factory=set)
+
+    @property
+    def free(self) -> int:
+        return self.slots - len(self.running)
+
+
+@dataclass
+class RunState:
+    run_id: str
+    plan: Plan
+    tasks: dict[str, TaskState]
+    max_attempts: int
+    max_disturbances: int
+    finished: bool = False
+
+
+class Scheduler:
+    def __init__(self, max_disturbances: int = 8) -> None:
+        self.workers: dict[str, WorkerState] = {}
+        self.runs: dict[str, RunState] = {}
+        self.max_disturbances = max_disturbances
+
+    # -- entry point ---------------------------------------------------------------------------
+    def handle(self, event: Event) -> list[Instruction]:
+        out: list[Instruction] = []
+        match event:
+            case WorkerJoined():
+                self.workers[event.worker_id] = WorkerState(event.worker_id, max(1, event.slots))
+            case WorkerLost():
+                self._worker_lost(event, out)
+            case RunSubmitted():
+                self._submit(event, out)
+            case TaskSucceeded():
+                self._succeeded(event, out)
+            case TaskFailed():
+                self._failed(event, out)
+            case RunCancelled():
+                run = self.runs.get(event.run_id)
+                if run is not None and not run.finished:
+                    self._fail_run(run, f"cancelled: {event.reason}", None, out)
+            case Tick():
+                pass
+        self._schedule(event.now, out)
+        return out
+
+    # -- queries -------------------------------------------------------------------------------
+    def task(self, run_id: str, task_id: str) -> TaskState:
+        return self.runs[run_id].tasks[task_id]
+
+    def active_runs(self) -> list[str]:
+        return [r.run_id for r in self.runs.values() if not r.finished]
+
+    # -- handlers ------------------------------------------------------------------------------
+    def _submit(self, ev: RunSubmitted, out: list[Instruction]) -> None:
+        if ev.run_id in self.runs:
+            raise ValueError(f"run {ev.run_id} was submitted twice")
+        tasks: dict[str, TaskState] = {}
+        order = 0
+        for stage in ev.plan.stages:
+            deps = tuple(t for src in stage.inputs for t in ev.plan.stage(src).task_ids())
+            for partition, tid in enumerate(stage.task_ids()):
+                tasks[tid] = TaskState(ev.run_id, tid, stage, partition, order, deps)
+                order += 1
+        for t in tasks.values():
+            t.consumers = tuple(c.task_id for c in tasks.values() if t.task_id in c.deps)
+        run = RunState(ev.run_id, ev.plan, tasks, max(1, ev.max_attempts), self.max_disturbances)
+        self.runs[ev.run_id] = run
+        # Resume: committed terminal tasks are done; tasks that only fed committed ones are skipped.
+        for t in tasks.values():
+            if t.task_id in ev.committed:
+                t.status = Status.DONE
+        for t in sorted(tasks.values(), key=lambda t: -t.order):
+            if t.status is Status.PENDING and t.consumers and all(
+                tasks[c].status in (Status.DONE, Status.SKIPPED) for c in t.consumers
+            ):
+                t.status = Status.SKIPPED
+        self._check_run_done(run, out)
+
+    def _succeeded(self, ev: TaskSucceeded, out: list[Instruction]) -> None:
+        t = self._current(ev.run_id, ev.task_id, ev.attempt)
+        if t is None:
+            return
+        self._free_slot(t)
+        t.status = Status.DONE
+        t.worker = ev.worker_id
+        t.output_available = t.has_output
+        t.released = False
+        run = self.runs[ev.run_id]
+        if t.has_output and not t.consumers:
+            self._release(t, out)
+        for dep in t.deps:
+            self._maybe_release(run.tasks[dep], out)
+        self._check_run_done(run, out)
+
+    def _failed(self, ev: TaskFailed, out: list[Instruction]) -> None:
+        t = self._current(ev.run_id, ev.task_id, ev.attempt)
+        if t is None:
+            return
+        run = self.runs[ev.run_id]
+        self._free_slot(t)
+        t.status = Status.FAILED
+        if t.has_output:
+            out.append(Release(t.run_id, t.task_id, t.attempt, ev.worker_id))
+        if not ev.transient:
+            self._fail_run(run, ev.error, t.task_id, out)
+            return
+        t.failures += 1
+        if t.failures >= run.max_attempts:
+            self._fail_run(
+                run, f"task {t.task_id} failed {t.failures} times; last error: {ev.error}", t.task_id, out
+            )
+            return
+        delay = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (t.failures - 1))
+        t.status = Status.PENDING
+        t.worker = None
+        t.not_before = ev.now + delay
+        t.avoid_worker = ev.worker_id
+        out.append(Retry(t.run_id, t.task_id, t.attempt, ev.error, delay, counted=True))
+        self._disturb_consumers(run, t, f"input {t.task_id} failed", out)
+
+    def _worker_lost(self, ev: WorkerLost, out: list[Instruction]) -> None:
+        worker = self.workers.pop(ev.worker_id, None)
+        if worker is None:
+            return
+        reason = f"worker {ev.worker_id} lost ({ev.reason})"
+        for run in self.runs.values():
+            if run.finished:
+                continue
+            for t in sorted(run.tasks.values(), key=lambda t: t.order):
+                if t.worker != ev.worker_id:
+                    continue
+                if t.status is Status.RUNNING:
+                    self._disturb(run, t, reason, out, cancel=False)
+                elif t.status is Status.DONE and t.output_available:
+                    t.output_available = False
+                    if self._needed(run, t):
+                        self._reset_done(run, t, reason, out)
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _current(self, run_id: str, task_id: str, attempt: int) -> TaskState | None:
+        """The task if this report is about its current running attempt; stale reports are ignored."""
+        run = self.runs.get(run_id)
+        if run is None or run.finished:
+            return None
+        t = run.tasks.get(task_id)
+        if t is None or t.status is not Status.RUNNING or t.attempt != attempt:
+            return None
+        return t
+
+    def _free_slot(self, t: TaskState) -> None:
+        if t.worker is not None and t.worker in self.workers:
+            self.workers[t.worker].running.discard((t.run_id, t.task_id))
+
+    def _needed(self, run: RunState, t: TaskState) -> bool:
+        return any(run.tasks[c].status in (Status.PENDING, Status.RUNNING) for c in t.consumers)
+
+    def _disturb(
+        self, run: RunState, t: TaskState, reason: str, out: list[Instruction], *, cancel: bool
+    ) -> None:
+        """Stop a running attempt that is not at fault and queue it again without counting a failure."""
+        if cancel and t.worker is not None:
+            out.append(Cancel(t.run_id, t.task_id, t.attempt, t.worker, reason))
+        if t.has_output and t.worker is not None and t.worker in self.workers:
+            out.append(Release(t.run_id, t.task_id, t.attempt, t.worker))
+        self._free_slot(t)
+        t.disturbances += 1
+        if t.disturbances > run.max_disturbances:
+            self._fail_run(run, f"task {t.task_id} was disturbed {t.disturbances} times; last: {reason}",
+                           t.task_id, out)
+            return
+        t.status = Status.PENDING
+        t.worker = None
+        out.append(Retry(t.run_id, t.task_id, t.attempt, reason, 0.0, counted=False))
+        self._disturb_consumers(run, t, f"input {t.task_id} was lost", out)
+        self._ensure_inputs(run, t, out)
+
+    def _disturb_consumers(self, run: RunState, t: TaskState, reason: str, out: list[Instruction]) -> None:
+        for c in t.consumers:
+            consumer = run.tasks[c]
+            if consumer.status is Status.RUNNING and not run.finished:
+                self._disturb(run, consumer, reason, out, cancel=True)
+
+    def _reset_done(self, run: RunState, t: TaskState, reason: str, out: list[Instruction]) -> None:
+        """A finished task's output is gone but still needed: compute it again from its lineage."""
+        t.status = Status.PENDING
+        t.worker = None
+        t.output_available = False
+        out.append(Recompute(t.run_id, t.task_id, reason))
+        self._disturb_consumers(run, t, f"input {t.task_id} was lost", out)
+        self._ensure_inputs(run, t, out)
+
+    def _ensure_inputs(self, run: RunState, t: TaskState, out: list[Instruction]) -> None:
+        for dep_id in t.deps:
+            dep = run.tasks[dep_id]
+            if dep.status in (Status.DONE, Status.SKIPPED) and not dep.output_available:
+                self._reset_done(run, dep, f"{t.task_id} needs {dep_id} again", out)
+
+    def _maybe_release(self, t: TaskState, out: list[Instruction]) -> None:
+        run = self.runs[t.run_id]
+        if t.output_available and not t.released and all(
+            run.tasks[c].status is Status.DONE for c in t.consumers
+        ):
+            self._release(t, out)
+
+    def _release(self, t: TaskState, out: list[Instruction]) -> None:
+        if t.worker is not None:
+            out.append(Release(t.run_id, t.task_id, t.attempt, t.worker))
+        t.output_available = False
+        t.released = True
+
+    def _fail_run(self, run: RunState, error: str, task_id: str | None, out: list[Instruction]) -> None:
+        for t in run.tasks.values():
+            if t.status is Status.RUNNING and t.worker is not None:
+                out.append(Cancel(t.run_id, t.task_id, t.attempt, t.worker, "run failed"))
+                self._free_slot(t)
+                t.status = Status.PENDING
+        run.finished = True
+        out.append(RunFailed(run.run_id, error, task_id))
+
+    def _check_run_done(self, run: RunState, out: list[Instruction]) -> None:
+        if not run.finished and all(t.status in (Status.DONE, Status.SKIPPED) for t in run.tasks.values()):
+            run.finished = True
+            out.append(RunSucceeded(run.run_id))
+
+    def _ready(self, run: RunState, t: TaskState, now: float) -> bool:
+        if t.status is not Status.PENDING or t.not_before > now:
+            return False
+        for dep_id in t.deps:
+            dep = run.tasks[dep_id]
+            if dep.status is Status.RUNNING:
+                continue
+            if dep.status is Status.DONE and dep.output_available:
+                continue
+            return False
+        return True
+
+    def _pick_worker(self, t: TaskState) -> WorkerState | None:
+        free = [w for w in self.workers.values() if w.free > 0]
+        if not free:
+            return None
+        preferred = [w for w in free if w.worker_id != t.avoid_worker] or free
+        return max(preferred, key=lambda w: (w.free, -len(w.running), w.worker_id))
+
+    def _schedule(self, now: float, out: list[Instruction]) -> None:
+        for run in self.runs.values():
+            if run.finished:
+                continue
+            for t in sorted(run.tasks.values(), key=lambda t: t.order):
+                if not self._ready(run, t, now):
+                    continue
+                worker = self._pick_worker(t)
+                if worker is None:
+                    return
+                inputs = tuple(
+                    InputLocation(run.tasks[d].stage.id, run.tasks[d].partition,
+                                  run.tasks[d].worker or "", run.tasks[d].attempt)
+                    for d in t.deps
+                )
+                t.attempt += 1
+                t.status = Status.RUNNING
+                t.worker = worker.worker_id
+                worker.running.add((t.run_id, t.task_id))
+                out.append(Assign(t.run_id, t.task_id, t.attempt, worker.worker_id, inputs))

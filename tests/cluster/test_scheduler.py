@@ -1,0 +1,228 @@
+"""The scheduler is pure: these tests feed it events and assert on the instructions it returns."""
+
+from __future__ import annotations
+
+from osiris_flight.cluster.scheduler import (
+    Assign,
+    Cancel,
+    Recompute,
+    Release,
+    Retry,
+    RunCancelled,
+    RunFailed,
+    RunSubmitted,
+    RunSucceeded,
+    Scheduler,
+    Status,
+    TaskFailed,
+    TaskSucceeded,
+    Tick,
+    WorkerJoined,
+    WorkerLost,
+)
+from osiris_flight.oml.model import Plan, Stage
+
+# extract -> (agg_users, agg_products) -> join+write: the milestone's parallel example.
+DIAMOND = Plan(
+    stages=(
+        Stage("s0", ("extract",), consumers=("s1", "s2")),
+        Stage("s1", ("agg_users",), inputs=("s0",), consumers=("s3",)),
+        Stage("s2", ("agg_products",), inputs=("s0",), consumers=("s3",)),
+        Stage("s3", ("join", "write"), inputs=("s1", "s2"), output="sink"),
+    )
+)
+
+
+def of(kind, instructions):
+    return [i for i in instructions if isinstance(i, kind)]
+
+
+def cluster(*workers: tuple[str, int]) -> Scheduler:
+    s = Scheduler()
+    for wid, slots in workers:
+        s.handle(WorkerJoined(wid, slots, now=0.0))
+    return s
+
+
+def finish(s: Scheduler, a: Assign, now: float = 1.0):
+    return s.handle(TaskSucceeded(a.run_id, a.task_id, a.attempt, a.worker_id, now=now))
+
+
+def test_source_first_then_branches_start_together_while_producer_runs():
+    s = cluster(("w1", 2), ("w2", 2))
+    out = s.handle(RunSubmitted("r", DIAMOND, now=0.0))
+    assigns = of(Assign, out)
+    # Consumers may stream an output that is still being produced: both branches start with s0,
+    # and the join starts as soon as both of its inputs are running.
+    assert [a.task_id for a in assigns] == ["s0.p0", "s1.p0", "s2.p0", "s3.p0"]
+    src = assigns[0]
+    assert assigns[1].inputs[0].worker_id == src.worker_id and assigns[1].inputs[0].attempt == 1
+    assert {i.stage_id for i in assigns[3].inputs} == {"s1", "s2"}
+
+
+def test_a_consumer_waits_for_a_free_slot_and_for_its_inputs_to_start():
+    s = cluster(("w1", 1))
+    out = s.handle(RunSubmitted("r", DIAMOND, now=0.0))
+    assert [a.task_id for a in of(Assign, out)] == ["s0.p0"]
+    out = finish(s, of(Assign, out)[0])
+    assert [a.task_id for a in of(Assign, out)] == ["s1.p0"]
+    out = finish(s, of(Assign, out)[0])
+    # s3 is not ready while s2 has not started; s2 takes the slot.
+    assert [a.task_id for a in of(Assign, out)] == ["s2.p0"]
+
+
+def test_outputs_released_when_all_consumers_done_and_run_succeeds():
+    s = cluster(("w1", 4))
+    a = {x.task_id: x for x in of(Assign, s.handle(RunSubmitted("r", DIAMOND, now=0.0)))}
+    finish(s, a["s0.p0"])
+    out = finish(s, a["s1.p0"])
+    assert not of(Release, out)  # s0 still read by s2
+    out = finish(s, a["s2.p0"])
+    assert [r.task_id for r in of(Release, out)] == ["s0.p0"]
+    a.update({x.task_id: x for x in of(Assign, out)})
+    out = finish(s, a["s3.p0"])
+    assert {r.task_id for r in of(Release, out)} == {"s1.p0", "s2.p0"}
+    assert of(RunSucceeded, out) == [RunSucceeded("r")]
+
+
+def test_transient_failure_retries_with_backoff_on_another_worker():
+    s = cluster(("w1", 1), ("w2", 1))
+    plan = Plan((Stage("s0", ("a", "w"), output="sink"),))
+    first = of(Assign, s.handle(RunSubmitted("r", plan, now=0.0)))[0]
+    out = s.handle(TaskFailed("r", "s0.p0", first.attempt, first.worker_id, "lost connection", True, now=10.0))
+    retry = of(Retry, out)[0]
+    assert retry.counted and retry.delay_s > 0
+    assert not of(Assign, out)  # backing off
+    assert not of(Assign, s.handle(Tick(now=10.0 + retry.delay_s / 2)))
+    again = of(Assign, s.handle(Tick(now=10.0 + retry.delay_s)))[0]
+    assert again.attempt == 2 and again.worker_id != first.worker_id
+
+
+def test_attempts_are_bounded():
+    s = cluster(("w1", 1))
+    plan = Plan((Stage("s0", ("a",), output="sink"),))
+    a = of(Assign, s.handle(RunSubmitted("r", plan, now=0.0, max_attempts=2)))[0]
+    s.handle(TaskFailed("r", a.task_id, a.attempt, "w1", "boom", True, now=1.0))
+    a = of(Assign, s.handle(Tick(now=100.0)))[0]
+    out = s.handle(TaskFailed("r", a.task_id, a.attempt, "w1", "boom again", True, now=101.0))
+    failed = of(RunFailed, out)[0]
+    assert "failed 2 times" in failed.error and "boom again" in failed.error
+
+
+def test_terminal_failure_fails_run_and_cancels_the_rest():
+    s = cluster(("w1", 4))
+    a = {x.task_id: x for x in of(Assign, s.handle(RunSubmitted("r", DIAMOND, now=0.0)))}
+    out = s.handle(TaskFailed("r", "s1.p0", 1, a["s1.p0"].worker_id, "unknown column 'x'", False, now=1.0))
+    assert of(RunFailed, out) == [RunFailed("r", "unknown column 'x'", "s1.p0")]
+    assert {c.task_id for c in of(Cancel, out)} == {"s0.p0", "s2.p0", "s3.p0"}
+    assert not of(Assign, s.handle(Tick(now=2.0)))
+
+
+def test_stale_reports_are_ignored():
+    s = cluster(("w1", 1), ("w2", 1))
+    plan = Plan((Stage("s0", ("a",), output="sink"),))
+    a = of(Assign, s.handle(RunSubmitted("r", plan, now=0.0)))[0]
+    b = of(Assign, s.handle(WorkerLost(a.worker_id, "killed", now=1.0)))[0]
+    assert b.attempt == 2
+    # The dead attempt's success report arrives late: it must not finish the run.
+    assert not s.handle(TaskSucceeded("r", "s0.p0", 1, a.worker_id, now=2.0))
+    assert of(RunSucceeded, finish(s, b)) == [RunSucceeded("r")]
+
+
+def test_worker_loss_reruns_running_tasks_and_recomputes_lost_outputs():
+    s = cluster(("w1", 1), ("w2", 1))
+    out = s.handle(RunSubmitted("r", DIAMOND, now=0.0))
+    a = {x.task_id: x for x in of(Assign, out)}
+    assert a["s0.p0"].worker_id == "w1" or a["s0.p0"].worker_id == "w2"
+    src_worker = a["s0.p0"].worker_id
+    other = "w2" if src_worker == "w1" else "w1"
+    # s0 finishes on its worker; a branch is running on the other worker reading it.
+    out = finish(s, a["s0.p0"])
+    a.update({x.task_id: x for x in of(Assign, out)})
+    running = [t for t in ("s1.p0", "s2.p0") if s.task("r", t).status is Status.RUNNING]
+    assert running
+    # The worker holding s0's output dies: s0 must be recomputed, readers of it restarted.
+    out = s.handle(WorkerLost(src_worker, "SIGKILL", now=2.0))
+    assert [r.task_id for r in of(Recompute, out)] == ["s0.p0"]
+    reassigned = of(Assign, out)
+    assert reassigned[0].task_id == "s0.p0" and reassigned[0].worker_id == other
+    assert reassigned[0].attempt == 2
+    cancelled = {c.task_id for c in of(Cancel, out)}
+    for t in running:
+        if a[t].worker_id == other:
+            assert t in cancelled
+    assert all(not r.counted for r in of(Retry, out))
+
+
+def test_lineage_recomputes_through_released_outputs():
+    chain = Plan(
+        (
+            Stage("s0", ("a",), consumers=("s1",)),
+            Stage("s1", ("b",), inputs=("s0",), consumers=("s2", "s3")),
+            Stage("s2", ("c",), inputs=("s1",), output="sink"),
+            Stage("s3", ("d",), inputs=("s1",), output="sink"),
+        )
+    )
+    s = cluster(("w1", 1), ("w2", 1))
+    a0 = of(Assign, s.handle(RunSubmitted("r", chain, now=0.0)))
+    a = {x.task_id: x for x in a0}
+    a.update({x.task_id: x for x in of(Assign, finish(s, a["s0.p0"]))})
+    out = finish(s, a["s1.p0"])  # s0 released: its only consumer is done
+    assert [r.task_id for r in of(Release, out)] == ["s0.p0"]
+    a.update({x.task_id: x for x in of(Assign, out)})
+    s1_worker = a["s1.p0"].worker_id
+    for t in ("s2.p0", "s3.p0"):
+        if a.get(t) and a[t].worker_id != s1_worker:
+            finish(s, a[t])
+    out = s.handle(WorkerLost(s1_worker, "SIGKILL", now=3.0))
+    # s1's output is gone and still needed; s0 was released, so it is recomputed first.
+    assert {r.task_id for r in of(Recompute, out)} == {"s0.p0", "s1.p0"}
+    assert of(Assign, out)[0].task_id == "s0.p0"
+
+
+def test_resume_skips_committed_sinks_and_what_only_fed_them():
+    s = cluster(("w1", 4))
+    plan = Plan(
+        (
+            Stage("s0", ("src",), consumers=("s1", "s2")),
+            Stage("s1", ("w1",), inputs=("s0",), output="sink"),
+            Stage("s2", ("w2",), inputs=("s0",), output="sink"),
+            Stage("s3", ("other", "w3"), output="sink"),
+        )
+    )
+    out = s.handle(RunSubmitted("r", plan, now=0.0, committed=frozenset({"s1.p0", "s3.p0"})))
+    assert [a.task_id for a in of(Assign, out)] == ["s0.p0", "s2.p0"]
+    out = s.handle(RunSubmitted("r2", plan, now=0.0, committed=frozenset({"s1.p0", "s2.p0", "s3.p0"})))
+    assert of(RunSucceeded, out) == [RunSucceeded("r2")]
+    assert s.task("r2", "s0.p0").status is Status.SKIPPED
+
+
+def test_slots_bound_concurrency_and_free_on_completion():
+    wide = Plan(tuple(Stage(f"s{i}", (f"x{i}",), output="sink") for i in range(5)))
+    s = cluster(("w1", 2))
+    first = of(Assign, s.handle(RunSubmitted("r", wide, now=0.0)))
+    assert len(first) == 2
+    nxt = of(Assign, finish(s, first[0]))
+    assert len(nxt) == 1
+
+
+def test_cancel_run():
+    s = cluster(("w1", 2))
+    s.handle(RunSubmitted("r", DIAMOND, now=0.0))
+    out = s.handle(RunCancelled("r", "Ctrl-C", now=1.0))
+    assert of(RunFailed, out)[0].error == "cancelled: Ctrl-C"
+    assert of(Cancel, out)
+
+
+def test_partitioned_stage_gathers_all_partitions():
+    plan = Plan(
+        (
+            Stage("s0", ("src",), partitions=3, consumers=("s1",)),
+            Stage("s1", ("agg", "write"), inputs=("s0",), output="sink"),
+        )
+    )
+    s = cluster(("w1", 8))
+    out = s.handle(RunSubmitted("r", plan, now=0.0))
+    assigns = of(Assign, out)
+    assert [a.task_id for a in assigns] == ["s0.p0", "s0.p1", "s0.p2", "s1.p0"]
+    assert [i.partition for i in assigns[-1].inputs] == [0, 1, 2]
