@@ -173,21 +173,11 @@ class Reject(Message):
 
 
 @dataclass(frozen=True)
-class InputSource(Message):
-    """Where one partition of an input lives: the producer's Flight URI and the ticket to fetch."""
-
-    op: ClassVar[str] = "input_source"
-    step_id: str
-    flight_uri: str
-    ticket: bytes
-
-
-@dataclass(frozen=True)
 class AssignTask(Message):
     """Run one task attempt. ``steps`` are manifest step dicts of the fused chain, in order.
 
-    ``inputs`` maps each upstream step id of the first step to the encoded InputSource maps of all
-    its partitions. ``connections`` carries resolved connection secrets for the steps that use
+    ``inputs`` maps each upstream step id of the first step to one ``{"flight_uri": str, "ticket":
+    bytes}`` map per partition of its stage, in partition order (the ticket is an encoded FetchOutput). ``connections`` carries resolved connection secrets for the steps that use
     them; it is never logged or written to disk.
     """
 
@@ -234,7 +224,8 @@ class Shutdown(Message):
 # -- client <-> coordinator ----------------------------------------------------------------------
 @dataclass(frozen=True)
 class SubmitRun(Message):
-    """Start (or resume) a run. ``run_dir`` is created by the coordinator; with ``resume`` it exists.
+    """Start (or resume) a run. The coordinator creates the run directory under ``run_logs`` (a path
+    on its host); with ``resume`` it reopens the existing directory of ``run_id`` there instead.
 
     ``connections`` maps ``@family.alias`` references to resolved connection dicts (secrets): held
     in memory for the run and passed only to the tasks that need them.
@@ -242,12 +233,13 @@ class SubmitRun(Message):
 
     op: ClassVar[str] = "submit_run"
     run_id: str
-    run_dir: str
+    run_logs: str
     manifest: dict[str, Any]
     plan: dict[str, Any]
     connections: dict[str, dict[str, Any]] = field(default_factory=dict)
     resume: bool = False
     max_attempts: int = 3
+    batch_rows: int = 65536
 
 
 @dataclass(frozen=True)

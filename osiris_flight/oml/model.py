@@ -78,17 +78,18 @@ class Manifest:
         return [s.id for s in self.steps if step_id in s.inputs]
 
     def to_dict(self) -> dict[str, Any]:
-        body = {
+        steps = [s.to_dict() for s in self.steps]
+        body: dict[str, Any] = {
             "manifest_version": MANIFEST_VERSION,
             "pipeline": {"name": self.name, "oml_version": self.oml_version},
             "source": {"file": self.source_file, "sha256": self.source_sha256},
             "profile": self.profile,
             "params": self.params,
-            "steps": [s.to_dict() for s in self.steps],
+            "steps": steps,
         }
         body["fingerprints"] = {
             "manifest": sha256_of(body),
-            "steps": {s["id"]: s["fingerprint"] for s in body["steps"]},  # type: ignore[index]
+            "steps": {s["id"]: s["fingerprint"] for s in steps},
         }
         return body
 

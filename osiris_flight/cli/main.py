@@ -1,0 +1,220 @@
+"""``osiris-flight``: validate, compile, plan, run, runs, logs.
+
+Exit codes: 0 success, 1 the run failed, 2 invalid input (reported before anything runs, never with
+a traceback), 130 interrupted. Every command takes ``--json`` for machines.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+from rich.console import Console
+
+from osiris_flight.config import Config, load_config, with_overrides
+from osiris_flight.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_INVALID_INPUT,
+    EXIT_OK,
+    EXIT_RUN_FAILED,
+    InvalidInput,
+    OsirisFlightError,
+    Problem,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+console = Console(highlight=False, soft_wrap=True)
+
+
+def _fail(exc: OsirisFlightError, as_json: bool) -> NoReturn:
+    if as_json:
+        problems = [p.to_dict() for p in exc.problems] if isinstance(exc, InvalidInput) else []
+        click.echo(json.dumps({"ok": False, "error": str(exc), "problems": problems}, indent=2))
+    else:
+        lines = str(exc).splitlines() or [type(exc).__name__]
+        click.echo("error: " + lines[0], err=True)
+        for line in lines[1:]:
+            click.echo("error: " + line, err=True)
+    sys.exit(exc.exit_code)
+
+
+def pipeline_options(f: F) -> F:
+    f = click.option("--param", "params", multiple=True, metavar="K=V", help="set a pipeline param")(f)
+    f = click.option("--profile", default=None, help="params profile to apply")(f)
+    f = click.option("--connections", "connections_file", type=click.Path(), default=None,
+                     help="osiris_connections.yaml (default: $OSIRIS_CONNECTIONS_FILE, then ./)")(f)
+    f = click.option("--config", "config_path", type=click.Path(), default=None,
+                     help="osiris.yaml (default: ./osiris.yaml when present)")(f)
+    f = click.option("--json", "as_json", is_flag=True, help="machine-readable output")(f)
+    return f
+
+
+def _compile(pipeline: str, params: tuple[str, ...], profile: str | None, connections_file: str | None,
+             config_path: str | None) -> tuple[Config, Any, Any, Any]:
+    from osiris_flight.components.registry import build_registry
+    from osiris_flight.oml.compile import compile_pipeline
+    from osiris_flight.oml.params import parse_param_args
+    from osiris_flight.oml.plan import plan_manifest
+
+    config = load_config(config_path)
+    registry = build_registry(config.plugins)
+    manifest = compile_pipeline(pipeline, registry, params=parse_param_args(params), profile=profile,
+                                connections_file=connections_file or config.connections_file)
+    return config, registry, manifest, plan_manifest(manifest, registry)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="osiris-flight")
+def cli() -> None:
+    """Run Osiris OML pipelines on a coordinator and worker processes streaming Arrow over Flight."""
+
+
+@cli.command()
+@click.argument("pipeline", type=click.Path())
+@pipeline_options
+def validate(pipeline: str, params: tuple[str, ...], profile: str | None, connections_file: str | None,
+             config_path: str | None, as_json: bool) -> None:
+    """Check a pipeline: syntax, steps, dependencies, component configs, params, connections."""
+    try:
+        _, _, manifest, plan = _compile(pipeline, params, profile, connections_file, config_path)
+    except OsirisFlightError as exc:
+        _fail(exc, as_json)
+    if as_json:
+        click.echo(json.dumps({"ok": True, "pipeline": manifest.name, "steps": len(manifest.steps),
+                               "stages": len(plan.stages)}))
+    else:
+        click.echo(f"{pipeline}: valid ({len(manifest.steps)} steps, {len(plan.stages)} stages)")
+
+
+@cli.command("compile")
+@click.argument("pipeline", type=click.Path())
+@pipeline_options
+@click.option("--out", type=click.Path(), default=None, help="write the manifest here instead of stdout")
+def compile_cmd(pipeline: str, params: tuple[str, ...], profile: str | None, connections_file: str | None,
+                config_path: str | None, as_json: bool, out: str | None) -> None:
+    """Compile to a deterministic, secret-free manifest (JSON, with sha256 fingerprints)."""
+    try:
+        _, _, manifest, _ = _compile(pipeline, params, profile, connections_file, config_path)
+    except OsirisFlightError as exc:
+        _fail(exc, as_json)
+    text = manifest.to_json()
+    if out:
+        Path(out).write_text(text, encoding="utf-8")
+        click.echo(json.dumps({"ok": True, "manifest": out, "fingerprint": manifest.fingerprint()})
+                   if as_json else f"wrote {out} (sha256 {manifest.fingerprint()})")
+    else:
+        click.echo(text, nl=False)
+
+
+@cli.command()
+@click.argument("pipeline", type=click.Path())
+@pipeline_options
+def plan(pipeline: str, params: tuple[str, ...], profile: str | None, connections_file: str | None,
+         config_path: str | None, as_json: bool) -> None:
+    """Show the stages, tasks, fused chains and exchanges a pipeline runs as."""
+    from osiris_flight.oml.plan import describe_plan
+
+    try:
+        _, _, manifest, physical = _compile(pipeline, params, profile, connections_file, config_path)
+    except OsirisFlightError as exc:
+        _fail(exc, as_json)
+    if as_json:
+        click.echo(json.dumps({"pipeline": manifest.name, **physical.to_dict(),
+                               "exchanges": [list(e) for e in physical.exchanges()]}, indent=2))
+    else:
+        click.echo(describe_plan(physical, manifest))
+
+
+@cli.command()
+@click.argument("pipeline", type=click.Path(), required=False)
+@pipeline_options
+@click.option("--resume", "resume_id", default=None, metavar="RUN_ID", help="continue a failed or killed run")
+@click.option("--cluster", default=None, help="coordinator address (default: start an embedded local cluster)")
+@click.option("--workers", type=int, default=None, help="local workers (default: one per CPU)")
+@click.option("--memory-limit-mb", type=int, default=None, help="batch-store budget before spilling")
+@click.option("--run-logs", default=None, type=click.Path(), help="root of run directories (default: run_logs)")
+@click.option("--quiet", is_flag=True, help="no progress output, only the summary")
+def run(pipeline: str | None, params: tuple[str, ...], profile: str | None, connections_file: str | None,
+        config_path: str | None, as_json: bool, resume_id: str | None, cluster: str | None, workers: int | None,
+        memory_limit_mb: int | None, run_logs: str | None, quiet: bool) -> None:
+    """Run a pipeline (or --resume a run) and show live progress."""
+    from osiris_flight.cli.run_command import RunRequest, execute
+
+    if pipeline is None and resume_id is None:
+        _fail(InvalidInput(Problem("give a pipeline file, or --resume RUN_ID")), as_json)
+    try:
+        config = with_overrides(load_config(config_path), workers=workers, memory_limit_mb=memory_limit_mb)
+        request = RunRequest(pipeline=pipeline, params=params, profile=profile,
+                             connections_file=connections_file or config.connections_file, resume_id=resume_id,
+                             cluster=cluster or config.cluster.coordinator,
+                             run_logs=Path(run_logs or config.run_logs).resolve(), quiet=quiet or as_json)
+        outcome = execute(config, request, console)
+    except OsirisFlightError as exc:
+        _fail(exc, as_json)
+    if as_json:
+        click.echo(json.dumps({"run_id": outcome.run_id, "status": outcome.status, "error": outcome.error or None,
+                               "summary": outcome.summary}, indent=2, default=str))
+    sys.exit(outcome.exit_code)
+
+
+@cli.command()
+@click.option("--run-logs", default="run_logs", type=click.Path(), show_default=True)
+@click.option("--limit", type=int, default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def runs(run_logs: str, limit: int, as_json: bool) -> None:
+    """List recent runs, newest first."""
+    from osiris_flight.runs.rundir import list_runs
+
+    rows = []
+    for run_dir in list_runs(Path(run_logs))[:limit]:
+        status = run_dir.read_status()
+        rows.append({"run_id": run_dir.run_id, "pipeline": run_dir.pipeline, "status": status.get("status"),
+                     "started_at": status.get("started_at"), "error": status.get("error"),
+                     "run_dir": str(run_dir.path)})
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo(f"no runs under {run_logs}")
+    for row in rows:
+        click.echo(f"{row['run_id']}  {row['status'] or '?':<8}  {row['pipeline']:<28} {row['run_dir']}")
+
+
+@cli.command()
+@click.argument("run_id")
+@click.option("--run-logs", default="run_logs", type=click.Path(), show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="raw events.jsonl lines")
+def logs(run_id: str, run_logs: str, as_json: bool) -> None:
+    """Show a run's events."""
+    from osiris_flight.runs.rundir import find_run
+
+    try:
+        run_dir = find_run(Path(run_logs), run_id)
+    except OsirisFlightError as exc:
+        _fail(exc, as_json)
+    if not run_dir.events.exists():
+        click.echo(f"run {run_id} has no events yet", err=True)
+        return
+    for line in run_dir.events.read_text(encoding="utf-8").splitlines():
+        if as_json:
+            click.echo(line)
+            continue
+        ev = json.loads(line)
+        detail = {k: v for k, v in ev.items() if k not in ("ts", "t", "event", "run_id", "pipeline")}
+        click.echo(f"{ev['ts']}  {ev['event']:<16} " + " ".join(f"{k}={v}" for k, v in detail.items()))
+
+
+def main() -> None:
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    try:
+        cli(standalone_mode=True)
+    except KeyboardInterrupt:
+        sys.exit(EXIT_INTERRUPTED)
+
+
+__all__ = ["EXIT_INVALID_INPUT", "EXIT_OK", "EXIT_RUN_FAILED", "cli", "main"]

@@ -1,0 +1,90 @@
+"""A client of the coordinator: submits runs, streams their events, cancels, asks for status."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+
+import zmq
+
+from osiris_flight import protocol as p
+from osiris_flight.errors import OsirisFlightError
+
+
+class CoordinatorUnreachable(OsirisFlightError):
+    pass
+
+
+class Client:
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self._zmq = zmq.Context()
+        self.sock = self._zmq.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 500)
+        self.sock.setsockopt_string(zmq.IDENTITY, f"client-{uuid.uuid4().hex[:10]}")
+        self.sock.connect(address)
+
+    def close(self) -> None:
+        self.sock.close(linger=500)
+        self._zmq.term()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def send(self, message: p.Message) -> None:
+        self.sock.send(p.encode(message))
+
+    def receive(self, timeout_s: float) -> p.Message | None:
+        if not self.sock.poll(int(timeout_s * 1000)):
+            return None
+        return p.decode(self.sock.recv())
+
+    def status(self, timeout_s: float = 5.0) -> p.ClusterStatus:
+        self.send(p.ClusterStatusRequest())
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            message = self.receive(deadline - time.monotonic())
+            if isinstance(message, p.ClusterStatus):
+                return message
+        raise CoordinatorUnreachable(f"no answer from the coordinator at {self.address} in {timeout_s:.0f} s")
+
+    def wait_for_workers(self, count: int, timeout_s: float = 60.0) -> p.ClusterStatus:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            status = self.status(max(1.0, deadline - time.monotonic()))
+            if len(status.workers) >= count:
+                return status
+            if time.monotonic() > deadline:
+                raise CoordinatorUnreachable(
+                    f"only {len(status.workers)} of {count} workers joined {self.address} in {timeout_s:.0f} s")
+            time.sleep(0.05)
+
+    def run(self, submit: p.SubmitRun, accept_timeout_s: float = 30.0) -> Iterator[p.Message]:
+        """Submit and yield RunAccepted, RunEvents and finally RunFinished."""
+        self.send(submit)
+        accepted = False
+        deadline = time.monotonic() + accept_timeout_s
+        while True:
+            message = self.receive(0.5)
+            if message is None:
+                if not accepted and time.monotonic() > deadline:
+                    raise CoordinatorUnreachable(f"the coordinator at {self.address} did not accept the run")
+                yield p.RunEvent(submit.run_id, {"event": "tick"})
+                continue
+            if getattr(message, "run_id", submit.run_id) != submit.run_id:
+                continue
+            if isinstance(message, p.RunAccepted):
+                accepted = True
+            yield message
+            if isinstance(message, p.RunFinished):
+                return
+
+    def cancel(self, run_id: str, reason: str) -> None:
+        self.send(p.CancelRun(run_id, reason))
+
+    def shutdown(self) -> None:
+        self.send(p.Shutdown("client asked"))

@@ -1,0 +1,422 @@
+"""The coordinator daemon: a ZeroMQ ROUTER loop around the pure Scheduler.
+
+It registers workers, watches their heartbeats (any message counts; a worker is dead after
+``heartbeat_misses`` silent intervals), accepts runs from clients, feeds the scheduler and carries
+out its instructions. In local mode it also owns the worker processes: it starts them, sees a child
+exit at once (EOF on the child's stdout pipe, which the poller watches) and starts a replacement.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from osiris_flight import protocol as p
+from osiris_flight.cluster import scheduler as s
+from osiris_flight.cluster.run_tracker import RunTracker
+from osiris_flight.errors import InvalidInput, ProtocolError
+from osiris_flight.oml.model import Manifest, Plan, parse_task_id
+from osiris_flight.runs.journal import JournalError, read_journal
+from osiris_flight.runs.rundir import RunDir, find_run
+
+log = logging.getLogger("osiris_flight.coordinator")
+
+
+@dataclass(frozen=True)
+class CoordinatorOptions:
+    bind: str = "tcp://127.0.0.1:5555"
+    heartbeat_interval_s: float = 1.0
+    heartbeat_misses: int = 3
+    plugins: tuple[str, ...] = ()
+    # Local mode: start and own this many worker processes.
+    spawn_workers: int = 0
+    worker_slots: int = 2
+    worker_memory_limit_bytes: int = 256 * 1024 * 1024
+    spill_dir: str | None = None
+    spill_compression: str = "zstd"
+    parent_pid: int | None = None
+    max_respawns: int = 16
+
+
+@dataclass
+class WorkerInfo:
+    worker_id: str
+    identity: bytes
+    flight_uri: str
+    slots: int
+    last_seen: float
+    pid: int = 0
+    host: str = ""
+    stats: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class ActiveRun:
+    tracker: RunTracker
+    client: bytes
+    manifest: Manifest
+    plan: Plan
+    connections: dict[str, dict[str, Any]]
+    batch_rows: int
+
+
+@dataclass
+class LocalChild:
+    worker_id: str
+    process: subprocess.Popen[bytes]
+
+
+class Coordinator:
+    def __init__(self, options: CoordinatorOptions) -> None:
+        self.options = options
+        self.scheduler = s.Scheduler()
+        self.workers: dict[str, WorkerInfo] = {}
+        self.runs: dict[str, ActiveRun] = {}
+        self.children: dict[int, LocalChild] = {}
+        self._respawns = 0
+        self._zmq = zmq.Context()
+        self.sock = self._zmq.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 1000)
+        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.sock.bind(options.bind)
+        self.address = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.poller = zmq.Poller()
+        self.poller.register(self.sock, zmq.POLLIN)
+        self._stop = False
+        self._shutdown_requested_by: bytes | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def serve(self, on_ready: Any = None) -> int:
+        signal.signal(signal.SIGTERM, lambda *_: self._request_stop())
+        signal.signal(signal.SIGINT, lambda *_: self._request_stop())
+        for index in range(self.options.spawn_workers):
+            self._spawn(f"local-{index}")
+        if on_ready is not None:
+            on_ready(self.address)
+        try:
+            self._loop()
+        finally:
+            self._teardown()
+        return 0
+
+    def _request_stop(self) -> None:
+        self._stop = True
+
+    def _loop(self) -> None:
+        tick_ms = max(20, int(self.options.heartbeat_interval_s * 100))
+        while not self._stop:
+            events = dict(self.poller.poll(timeout=tick_ms))
+            if self.sock in events:
+                while True:
+                    try:
+                        identity, frame = self.sock.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    except ValueError:
+                        continue
+                    self._receive(identity, frame)
+            for fd in events:
+                if isinstance(fd, int):
+                    self._drain_child_pipe(fd)
+            self._reap_children()
+            now = time.monotonic()
+            self._check_heartbeats(now)
+            self._feed(s.Tick(now))
+            if self._parent_gone():
+                log.warning("parent process is gone; coordinator stops")
+                self._stop = True
+            if self._shutdown_requested_by is not None and not self.scheduler.active_runs():
+                self._stop = True
+
+    def _teardown(self) -> None:
+        for run_id in list(self.runs):
+            self._finish_run(run_id, "failed", "coordinator stopped; resume with --resume " + run_id)
+        for worker in self.workers.values():
+            self._send(worker.identity, p.Shutdown("coordinator stopping"))
+        deadline = time.monotonic() + 5.0
+        for child in self.children.values():
+            try:
+                child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.process.kill()
+                child.process.wait()
+        if self._shutdown_requested_by is not None:
+            self._send(self._shutdown_requested_by, p.Shutdown("coordinator stopped"))
+        self.sock.close(linger=500)
+        self._zmq.term()
+
+    def _parent_gone(self) -> bool:
+        return self.options.parent_pid is not None and os.getppid() != self.options.parent_pid
+
+    # -- local worker processes ----------------------------------------------------------------
+    def _spawn(self, worker_id: str) -> None:
+        o = self.options
+        cmd = [sys.executable, "-m", "osiris_flight.cli.daemons", "worker", "--coordinator", self.address,
+               "--worker-id", worker_id, "--slots", str(o.worker_slots),
+               "--memory-limit-bytes", str(o.worker_memory_limit_bytes),
+               "--heartbeat-interval", str(o.heartbeat_interval_s),
+               "--spill-compression", o.spill_compression, "--parent-pid", str(os.getpid())]
+        if o.spill_dir:
+            cmd += ["--spill-dir", o.spill_dir]
+        process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                   preexec_fn=_die_with_parent)
+        self.children[process.pid] = LocalChild(worker_id, process)
+        assert process.stdout is not None
+        os.set_blocking(process.stdout.fileno(), False)
+        self.poller.register(process.stdout.fileno(), zmq.POLLIN)
+        log.info("started local worker %s (pid %d)", worker_id, process.pid)
+
+    def _drain_child_pipe(self, fd: int) -> None:
+        """A child's stdout is watched only to see its exit at once (EOF); discard what it prints."""
+        try:
+            while os.read(fd, 65536):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+    def _reap_children(self) -> None:
+        for pid, child in list(self.children.items()):
+            code = child.process.poll()
+            if code is None:
+                continue
+            del self.children[pid]
+            if child.process.stdout is not None:
+                self.poller.unregister(child.process.stdout.fileno())
+                child.process.stdout.close()
+            reason = f"process {pid} exited with {_describe_exit(code)}"
+            self._lose_worker(child.worker_id, reason)
+            if not self._stop and self._respawns < self.options.max_respawns:
+                self._respawns += 1
+                generation = self._respawns
+                self._spawn(f"{child.worker_id.split('.')[0]}.{generation}")
+
+    # -- messages ------------------------------------------------------------------------------
+    def _send(self, identity: bytes, message: p.Message) -> None:
+        try:
+            self.sock.send_multipart([identity, p.encode(message)], zmq.NOBLOCK)
+        except zmq.ZMQError as exc:  # peer gone (ROUTER_MANDATORY) or its queue full
+            log.warning("cannot send %s to %r: %s", message.op, identity, exc)
+
+    def _receive(self, identity: bytes, frame: bytes) -> None:
+        try:
+            message = p.decode(frame)
+        except ProtocolError as exc:
+            log.warning("rejected a message from %r: %s", identity, exc)
+            self._send(identity, p.Reject(str(exc)))
+            return
+        worker_id = identity.decode(errors="replace")
+        if worker_id in self.workers:
+            self.workers[worker_id].last_seen = time.monotonic()
+        match message:
+            case p.Register():
+                self._register(identity, message)
+            case p.Heartbeat():
+                if worker_id not in self.workers:
+                    self._send(identity, p.Reject(f"unknown worker {worker_id!r}: register again"))
+                else:
+                    self.workers[worker_id].stats = {"rss_bytes": message.rss_bytes,
+                                                     "store_bytes": message.store_bytes,
+                                                     "spilled_bytes": message.spilled_bytes}
+            case p.TaskStarted():
+                if (run := self.runs.get(message.run_id)) and self._is_current(message):
+                    run.tracker.task_started(message)
+            case p.TaskProgress():
+                if (run := self.runs.get(message.run_id)) and self._is_current(message):
+                    run.tracker.task_progress(message)
+            case p.TaskFinished():
+                if (run := self.runs.get(message.run_id)) and self._is_current(message):
+                    run.tracker.task_finished(message)
+                self._feed(s.TaskSucceeded(message.run_id, message.task_id, message.attempt,
+                                           message.worker_id, time.monotonic()))
+            case p.TaskFailed():
+                if (run := self.runs.get(message.run_id)) and self._is_current(message):
+                    run.tracker.task_failed(message)
+                self._feed(s.TaskFailed(message.run_id, message.task_id, message.attempt, message.worker_id,
+                                        message.error, message.transient, time.monotonic()))
+            case p.Goodbye():
+                self._lose_worker(worker_id, f"said goodbye: {message.reason}")
+            case p.SubmitRun():
+                self._submit(identity, message)
+            case p.CancelRun():
+                self._feed(s.RunCancelled(message.run_id, message.reason or "cancelled by client", time.monotonic()))
+            case p.ClusterStatusRequest():
+                self._send(identity, p.ClusterStatus(
+                    workers=[{"worker_id": w.worker_id, "host": w.host, "pid": w.pid, "slots": w.slots,
+                              "flight_uri": w.flight_uri, **w.stats} for w in self.workers.values()],
+                    runs=list(self.runs)))
+            case p.Shutdown():
+                self._shutdown_requested_by = identity
+            case _:
+                self._send(identity, p.Reject(f"the coordinator does not accept {message.op!r}"))
+
+    def _is_current(self, message: p.TaskStarted | p.TaskProgress | p.TaskFinished | p.TaskFailed) -> bool:
+        run = self.scheduler.runs.get(message.run_id)
+        if run is None or message.task_id not in run.tasks:
+            return False
+        task = run.tasks[message.task_id]
+        return task.attempt == message.attempt and task.status is s.Status.RUNNING
+
+    def _register(self, identity: bytes, msg: p.Register) -> None:
+        if identity.decode(errors="replace") != msg.worker_id:
+            self._send(identity, p.Reject("worker id must equal the socket identity"))
+            return
+        if msg.worker_id in self.workers:
+            self._lose_worker(msg.worker_id, "registered again")
+        self.workers[msg.worker_id] = WorkerInfo(msg.worker_id, identity, msg.flight_uri, msg.slots,
+                                                 time.monotonic(), msg.pid, msg.host)
+        self._send(identity, p.Welcome(msg.worker_id, self.options.heartbeat_interval_s, list(self.options.plugins)))
+        for run in self.runs.values():
+            run.tracker.cluster_event("worker_joined", worker_id=msg.worker_id, host=msg.host, slots=msg.slots)
+        log.info("worker %s joined (%s, %d slots)", msg.worker_id, msg.flight_uri, msg.slots)
+        self._feed(s.WorkerJoined(msg.worker_id, msg.slots, time.monotonic()))
+
+    def _lose_worker(self, worker_id: str, reason: str) -> None:
+        if self.workers.pop(worker_id, None) is None:
+            return
+        log.warning("worker %s lost: %s", worker_id, reason)
+        for run in self.runs.values():
+            run.tracker.cluster_event("worker_lost", worker_id=worker_id, reason=reason)
+        self._feed(s.WorkerLost(worker_id, reason, time.monotonic()))
+
+    def _check_heartbeats(self, now: float) -> None:
+        limit = self.options.heartbeat_interval_s * self.options.heartbeat_misses
+        for worker in list(self.workers.values()):
+            if now - worker.last_seen > limit:
+                self._lose_worker(worker.worker_id, f"missed {self.options.heartbeat_misses} heartbeats")
+
+    # -- runs ----------------------------------------------------------------------------------
+    def _submit(self, client: bytes, msg: p.SubmitRun) -> None:
+        try:
+            manifest = Manifest.from_dict(msg.manifest)
+            plan = Plan.from_dict(msg.plan)
+            root = Path(msg.run_logs)
+            committed: dict[str, dict[str, Any]] = {}
+            if msg.resume:
+                run_dir = find_run(root, msg.run_id)
+                journal = read_journal(run_dir.journal)
+                if journal.manifest_fingerprint not in (None, manifest.fingerprint()):
+                    raise ValueError(f"run {msg.run_id} was started from a different manifest; "
+                                     "resume it with the pipeline it was started with")
+                committed = journal.committed
+            else:
+                run_dir = RunDir.create(root, manifest.name, msg.run_id)
+                run_dir.manifest.write_text(manifest.to_json(), encoding="utf-8")
+                run_dir.plan.write_text(json.dumps(plan.to_dict(), indent=2, sort_keys=True) + "\n",
+                                        encoding="utf-8")
+        except (InvalidInput, JournalError, ValueError, KeyError, OSError) as exc:
+            error = str(exc)
+            self._send(client, p.RunFinished(msg.run_id, "failed", f"cannot start run: {error}"))
+            return
+        if msg.run_id in self.runs or msg.run_id in self.scheduler.runs:
+            self._send(client, p.RunFinished(msg.run_id, "failed", f"run {msg.run_id} is already active"))
+            return
+
+        def forward(event: dict[str, Any], client: bytes = client, run_id: str = msg.run_id) -> None:
+            self._send(client, p.RunEvent(run_id, event))
+
+        tracker = RunTracker(run_dir, manifest, plan, resumed=msg.resume, committed=committed, forward=forward)
+        self.runs[msg.run_id] = ActiveRun(tracker, client, manifest, plan, msg.connections,
+                                          batch_rows=msg.batch_rows)
+        instructions = self.scheduler.handle(s.RunSubmitted(msg.run_id, plan, time.monotonic(), msg.max_attempts,
+                                                            frozenset(committed)))
+        skipped = sorted(t.task_id for t in self.scheduler.runs[msg.run_id].tasks.values()
+                         if t.status in (s.Status.SKIPPED, s.Status.DONE))
+        self._send(client, p.RunAccepted(msg.run_id, str(run_dir.path), skipped))
+        tracker.start(skipped)
+        self._execute(instructions)
+
+    def _feed(self, event: s.Event) -> None:
+        self._execute(self.scheduler.handle(event))
+
+    def _execute(self, instructions: list[s.Instruction]) -> None:
+        for ins in instructions:
+            run = self.runs.get(ins.run_id) if hasattr(ins, "run_id") else None
+            match ins:
+                case s.Assign():
+                    self._assign(ins)
+                case s.Cancel():
+                    if worker := self.workers.get(ins.worker_id):
+                        self._send(worker.identity, p.CancelTask(ins.run_id, ins.task_id, ins.attempt, ins.reason))
+                case s.Release():
+                    if worker := self.workers.get(ins.worker_id):
+                        self._send(worker.identity, p.ReleaseOutputs(ins.run_id, ins.task_id, ins.attempt))
+                case s.Retry():
+                    if run:
+                        run.tracker.retry(ins.task_id, ins.attempt, ins.reason, ins.delay_s, ins.counted)
+                case s.Recompute():
+                    if run:
+                        run.tracker.recompute(ins.task_id, ins.reason)
+                case s.RunSucceeded():
+                    self._finish_run(ins.run_id, "success", "")
+                case s.RunFailed():
+                    self._finish_run(ins.run_id, "failed", ins.error, ins.task_id)
+
+    def _assign(self, ins: s.Assign) -> None:
+        run = self.runs[ins.run_id]
+        worker = self.workers[ins.worker_id]
+        stage_id, partition = parse_task_id(ins.task_id)
+        stage = run.plan.stage(stage_id)
+        steps = [run.manifest.step(step_id).to_dict() for step_id in stage.steps]
+        inputs: dict[str, list[dict[str, Any]]] = {}
+        for loc in ins.inputs:
+            producer = run.plan.stage(loc.stage_id)
+            uri = self.workers[loc.worker_id].flight_uri if loc.worker_id in self.workers else ""
+            ticket = p.encode_ticket(p.FetchOutput(ins.run_id, loc.stage_id, loc.partition, loc.attempt))
+            inputs.setdefault(producer.last_step, []).append({"flight_uri": uri, "ticket": ticket})
+        refs = {ref for step in steps for ref in _connection_refs(step["config"])}
+        connections = {ref: run.connections[ref] for ref in sorted(refs) if ref in run.connections}
+        run.tracker.assigned(ins.task_id, ins.attempt, ins.worker_id)
+        self._send(worker.identity, p.AssignTask(
+            ins.run_id, ins.task_id, stage_id, partition, stage.partitions, ins.attempt, steps, inputs,
+            stage.output, str(run.tracker.run_dir.artifacts), connections, run.batch_rows))
+
+    def _finish_run(self, run_id: str, status: str, error: str, failed_task: str | None = None) -> None:
+        run = self.runs.pop(run_id, None)
+        if run is None:
+            return
+        if status != "success" and run_id in self.scheduler.runs and not self.scheduler.runs[run_id].finished:
+            self.scheduler.handle(s.RunCancelled(run_id, error, time.monotonic()))
+        summary = run.tracker.finish(status, error, failed_task)
+        for worker in self.workers.values():
+            self._send(worker.identity, p.ReleaseOutputs(run_id))
+        self._send(run.client, p.RunFinished(run_id, status, error, summary))
+        self.scheduler.runs.pop(run_id, None)
+
+
+def _connection_refs(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value] if value.startswith("@") else []
+    if isinstance(value, dict):
+        return [r for v in value.values() for r in _connection_refs(v)]
+    if isinstance(value, list):
+        return [r for v in value for r in _connection_refs(v)]
+    return []
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return signal.Signals(-code).name
+        except ValueError:
+            return f"signal {-code}"
+    return f"code {code}"
+
+
+def _die_with_parent() -> None:
+    """In a local child: get SIGTERM when the coordinator dies, however it dies (Linux prctl)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass

@@ -1,0 +1,207 @@
+"""Bookkeeping of one run on the coordinator: step and task states, counters, events, journal.
+
+It turns what the scheduler decides and what workers report into the run directory's records
+(events.jsonl, metrics.jsonl, status.json, journal.jsonl) and into live events for the client. Event
+and metric names follow Osiris where Osiris has them (run_start, step_start, step_complete with
+rows_processed and duration_ms, step_failed, run_end; rows_read, rows_written with a step tag).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from osiris_flight import protocol as p
+from osiris_flight.oml.model import Manifest, Plan, parse_task_id
+from osiris_flight.runs.journal import Journal
+from osiris_flight.runs.rundir import RunDir
+from osiris_flight.telemetry.events import CallbackSink, JsonlSink, Telemetry
+
+
+@dataclass
+class StepProgress:
+    state: str = "pending"
+    started_at: float | None = None
+    finished_at: float | None = None
+    rows_by_task: dict[str, int] = field(default_factory=dict)
+    bytes_by_task: dict[str, int] = field(default_factory=dict)
+    target: str | None = None
+
+    @property
+    def rows(self) -> int:
+        return sum(self.rows_by_task.values())
+
+
+class RunTracker:
+    def __init__(
+        self,
+        run_dir: RunDir,
+        manifest: Manifest,
+        plan: Plan,
+        *,
+        resumed: bool,
+        committed: dict[str, dict[str, Any]],
+        forward: Callable[[dict[str, Any]], None],
+    ) -> None:
+        self.run_dir = run_dir
+        self.run_id = run_dir.run_id
+        self.manifest = manifest
+        self.plan = plan
+        self.resumed = resumed
+        self.started_at = time.time()
+        self.telemetry = Telemetry(
+            [JsonlSink(run_dir.events, run_dir.metrics), CallbackSink(forward)],
+            run_id=self.run_id,
+            pipeline=manifest.name,
+        )
+        self.journal = Journal(run_dir.journal)
+        self.steps: dict[str, StepProgress] = {s.id: StepProgress() for s in manifest.steps}
+        self.tasks_done: set[str] = set()
+        self.forward = forward
+        self.spilled_bytes = 0
+        self.retries = 0
+        self.finished = False
+        for task_id, record in committed.items():
+            self._count_committed(task_id, record.get("steps", {}))
+
+    def _count_committed(self, task_id: str, steps: dict[str, dict[str, Any]]) -> None:
+        self.tasks_done.add(task_id)
+        for step_id, counters in steps.items():
+            if step_id in self.steps:
+                self.steps[step_id].rows_by_task[task_id] = int(counters.get("rows", 0))
+                self.steps[step_id].state = "skipped"
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def start(self, skipped_tasks: list[str]) -> None:
+        self.journal.started(self.manifest.fingerprint(), self.resumed)
+        self.telemetry.event(
+            "run_resumed" if self.resumed else "run_start",
+            manifest_fingerprint=self.manifest.fingerprint(),
+            steps=len(self.manifest.steps),
+            stages=len(self.plan.stages),
+            tasks=sum(s.partitions for s in self.plan.stages),
+            skipped_tasks=skipped_tasks,
+        )
+        self.run_dir.write_status(status="running", started_at=self.started_at, resumed=self.resumed)
+
+    def finish(self, status: str, error: str = "", failed_task: str | None = None) -> dict[str, Any]:
+        now = time.time()
+        if failed_task:
+            stage, _ = parse_task_id(failed_task)
+            for step_id in self.plan.stage(stage).steps:
+                if self.steps[step_id].state not in ("complete", "skipped"):
+                    self.steps[step_id].state = "failed"
+                    self.telemetry.event("step_failed", step_id=step_id, error=error)
+        summary = self.summary(now)
+        self.telemetry.event("run_end", status=status, error=error or None,
+                             duration_ms=summary["duration_ms"], steps=summary["steps"])
+        self.journal.ended(status)
+        self.run_dir.write_status(status=status, error=error or None, started_at=self.started_at,
+                                  finished_at=now, resumed=self.resumed, summary=summary)
+        self.telemetry.close()
+        self.journal.close()
+        self.finished = True
+        return summary
+
+    def summary(self, now: float | None = None) -> dict[str, Any]:
+        now = now or time.time()
+        steps = {}
+        for step_id, sp in self.steps.items():
+            duration = ((sp.finished_at or now) - sp.started_at) if sp.started_at else 0.0
+            steps[step_id] = {"state": sp.state, "rows": sp.rows, "duration_ms": round(duration * 1000, 1),
+                              **({"target": sp.target} if sp.target else {})}
+        return {"duration_ms": round((now - self.started_at) * 1000, 1), "steps": steps,
+                "spilled_bytes": self.spilled_bytes, "retries": self.retries, "run_dir": str(self.run_dir.path)}
+
+    # -- scheduler decisions -------------------------------------------------------------------
+    def assigned(self, task_id: str, attempt: int, worker_id: str) -> None:
+        self.telemetry.event("task_assigned", task_id=task_id, attempt=attempt, worker_id=worker_id)
+
+    def retry(self, task_id: str, attempt: int, reason: str, delay_s: float, counted: bool) -> None:
+        self.retries += 1
+        self.telemetry.event("task_retry", task_id=task_id, attempt=attempt, reason=reason,
+                             delay_s=delay_s, counted=counted)
+        self._reset_steps(task_id)
+
+    def recompute(self, task_id: str, reason: str) -> None:
+        self.tasks_done.discard(task_id)
+        self.telemetry.event("task_recompute", task_id=task_id, reason=reason)
+        self._reset_steps(task_id)
+
+    def _reset_steps(self, task_id: str) -> None:
+        stage, _ = parse_task_id(task_id)
+        for step_id in self.plan.stage(stage).steps:
+            sp = self.steps[step_id]
+            sp.rows_by_task.pop(task_id, None)
+            if sp.state == "complete":
+                sp.state = "running"
+                sp.finished_at = None
+
+    def cluster_event(self, name: str, **fields: Any) -> None:
+        self.telemetry.event(name, **fields)
+
+    # -- worker reports ------------------------------------------------------------------------
+    def task_started(self, msg: p.TaskStarted) -> None:
+        stage = self.plan.stage(parse_task_id(msg.task_id)[0])
+        self.telemetry.event("task_start", at=msg.started_at, task_id=msg.task_id, attempt=msg.attempt,
+                             worker_id=msg.worker_id, steps=list(stage.steps))
+        for step_id in stage.steps:
+            sp = self.steps[step_id]
+            if sp.started_at is None:
+                sp.started_at = msg.started_at
+                sp.state = "running"
+                self.telemetry.event("step_start", at=msg.started_at, step_id=step_id,
+                                     component=self.manifest.step(step_id).component, task_id=msg.task_id)
+
+    def task_progress(self, msg: p.TaskProgress) -> None:
+        for step_id, counters in msg.steps.items():
+            if step_id in self.steps:
+                self.steps[step_id].rows_by_task[msg.task_id] = int(counters.get("rows", 0))
+        self.forward({"event": "progress", "t": time.time(), "run_id": self.run_id, "rss_bytes": msg.rss_bytes,
+                      "steps": {s: {"rows": sp.rows, "state": sp.state} for s, sp in self.steps.items()}})
+
+    def task_finished(self, msg: p.TaskFinished) -> None:
+        stage = self.plan.stage(parse_task_id(msg.task_id)[0])
+        duration_ms = round((msg.finished_at - msg.started_at) * 1000, 1)
+        self.telemetry.event("task_complete", at=msg.finished_at, task_id=msg.task_id, attempt=msg.attempt,
+                             worker_id=msg.worker_id, duration_ms=duration_ms, output_rows=msg.output_rows,
+                             output_bytes=msg.output_bytes, steps=msg.steps)
+        self.telemetry.metric("task_duration_ms", duration_ms, task_id=msg.task_id)
+        for spill in msg.spills:
+            self.spilled_bytes += int(spill.get("bytes", 0))
+            self.telemetry.event("spill", task_id=msg.task_id, worker_id=msg.worker_id, **spill)
+            self.telemetry.metric("bytes_spilled", int(spill.get("bytes", 0)), task_id=msg.task_id)
+        for step_id, counters in msg.steps.items():
+            sp = self.steps[step_id]
+            sp.rows_by_task[msg.task_id] = int(counters.get("rows", 0))
+            sp.bytes_by_task[msg.task_id] = int(counters.get("bytes", 0))
+            if counters.get("target"):
+                sp.target = str(counters["target"])
+        if stage.output in ("sink", "discard"):
+            self.journal.committed(msg.task_id, msg.attempt, stage.output, msg.steps)
+        self.tasks_done.add(msg.task_id)
+        if all(t in self.tasks_done for t in stage.task_ids()):
+            for step_id in stage.steps:
+                self._step_complete(step_id, msg.finished_at)
+
+    def _step_complete(self, step_id: str, at: float) -> None:
+        sp = self.steps[step_id]
+        sp.state = "complete"
+        sp.finished_at = at
+        duration_ms = round((at - (sp.started_at or at)) * 1000, 1)
+        mode = self.manifest.step(step_id).mode
+        self.telemetry.event("step_complete", at=at, step_id=step_id, rows_processed=sp.rows,
+                             duration_ms=duration_ms, **({"target": sp.target} if sp.target else {}))
+        self.telemetry.metric("rows_processed", sp.rows, at=at, step=step_id)
+        self.telemetry.metric("step_duration_ms", duration_ms, at=at, step=step_id)
+        if mode == "read":
+            self.telemetry.metric("rows_read", sp.rows, at=at, step=step_id)
+        elif mode == "write":
+            self.telemetry.metric("rows_written", sp.rows, at=at, step=step_id)
+
+    def task_failed(self, msg: p.TaskFailed) -> None:
+        self.telemetry.event("task_failed", task_id=msg.task_id, attempt=msg.attempt, worker_id=msg.worker_id,
+                             step_id=msg.step_id, error=msg.error, error_type=msg.error_type,
+                             transient=msg.transient)

@@ -1,0 +1,269 @@
+"""The worker daemon: a ZeroMQ DEALER loop, a Flight server for its outputs, task threads.
+
+Threads and why:
+
+* the main thread owns the DEALER socket and does only I/O (receive assignments, send reports,
+  heartbeats), so compute never delays a heartbeat by more than a GIL switch interval;
+* each task attempt runs in its own thread (pyarrow releases the GIL in its kernels and in Flight);
+  it reports back through an inproc PUSH socket that the main loop polls, so a report goes out at
+  once without the main thread sleeping on a queue;
+* the Flight server serves outputs from the batch store on its own gRPC threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import threading
+import time
+import traceback
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import zmq
+
+from osiris_flight import protocol as p
+from osiris_flight.components.base import Cancelled
+from osiris_flight.components.registry import build_registry
+from osiris_flight.data.batch_store import BatchStore
+from osiris_flight.data.flight_io import FlightClientPool, FlightDataServer
+from osiris_flight.data.rowstream import RowStream
+from osiris_flight.errors import is_transient
+from osiris_flight.oml.model import parse_task_id
+from osiris_flight.runtime.task_runner import TaskRun, TaskSpec, run_task
+
+log = logging.getLogger("osiris_flight.worker")
+
+PROGRESS_INTERVAL_S = 0.5
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    coordinator: str
+    worker_id: str = ""
+    slots: int = 2
+    memory_limit_bytes: int = 256 * 1024 * 1024
+    spill_dir: str | None = None
+    spill_compression: str = "zstd"
+    bind_host: str = "127.0.0.1"
+    advertise_host: str | None = None
+    heartbeat_interval_s: float = 1.0
+    register_timeout_s: float = 30.0
+    parent_pid: int | None = None
+
+
+class Worker:
+    def __init__(self, options: WorkerOptions) -> None:
+        self.options = options
+        self.worker_id = options.worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
+        self._own_spill_dir = options.spill_dir is None
+        spill_root = Path(options.spill_dir or tempfile.mkdtemp(prefix="osiris_spill_"))
+        self.spill_dir = spill_root / self.worker_id if not self._own_spill_dir else spill_root
+        self.spill_dir.mkdir(parents=True, exist_ok=True)
+        self.work_dir = self.spill_dir / "work"
+        self.work_dir.mkdir(exist_ok=True)
+        self.store = BatchStore(options.memory_limit_bytes, self.spill_dir,
+                                compression=options.spill_compression, on_spill=self._on_spill)
+        self.flight = FlightDataServer(self.store, f"grpc://{options.bind_host}:0")
+        self.clients = FlightClientPool()
+        self.registry = build_registry()
+        self.tasks: dict[tuple[str, str, int], TaskRun] = {}
+        self._spills: dict[tuple[str, str, int], list[dict[str, object]]] = {}
+        self._stop = threading.Event()
+        self._zmq = zmq.Context()
+        self._inbox_addr = f"inproc://inbox-{uuid.uuid4().hex}"
+        self._process = psutil.Process()
+
+    @property
+    def flight_uri(self) -> str:
+        host = self.options.advertise_host or self.options.bind_host
+        return f"grpc://{host}:{self.flight.port}"
+
+    # -- main loop -----------------------------------------------------------------------------
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
+        self.flight.start()
+        sock = self._zmq.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 1000)
+        sock.setsockopt_string(zmq.IDENTITY, self.worker_id)
+        sock.connect(self.options.coordinator)
+        inbox = self._zmq.socket(zmq.PULL)
+        inbox.bind(self._inbox_addr)
+        try:
+            if not self._register(sock):
+                return 3
+            return self._loop(sock, inbox)
+        finally:
+            for task in self.tasks.values():
+                task.cancel.set()
+            with contextlib.suppress(Exception):
+                sock.send(p.encode(p.Goodbye(self.worker_id, "stopping")), zmq.NOBLOCK)
+            sock.close(linger=500)
+            inbox.close(linger=0)
+            self.flight.shutdown()
+            self.store.close()
+            shutil.rmtree(self.spill_dir, ignore_errors=True)
+            self._zmq.term()
+
+    def _register(self, sock: zmq.Socket) -> bool:
+        sock.send(p.encode(p.Register(self.worker_id, socket.gethostname(), os.getpid(), self.options.slots,
+                                      self.flight_uri, self.options.memory_limit_bytes)))
+        deadline = time.monotonic() + self.options.register_timeout_s
+        while time.monotonic() < deadline and not self._stop.is_set():
+            if sock.poll(200):
+                message = p.decode(sock.recv())
+                if isinstance(message, p.Welcome):
+                    for module in message.plugins:  # loading a module twice is a no-op
+                        self.registry.load_module(module)
+                    log.info("worker %s joined %s", self.worker_id, self.options.coordinator)
+                    return True
+                if isinstance(message, p.Reject):
+                    log.error("coordinator rejected worker %s: %s", self.worker_id, message.reason)
+                    return False
+            if self._parent_gone():
+                return False
+        log.error("no answer from coordinator %s", self.options.coordinator)
+        return False
+
+    def _loop(self, sock: zmq.Socket, inbox: zmq.Socket) -> int:
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(inbox, zmq.POLLIN)
+        last_sent = time.monotonic()
+        last_progress = last_sent
+        interval = self.options.heartbeat_interval_s
+        while not self._stop.is_set():
+            events = dict(poller.poll(timeout=min(100, int(interval * 250))))
+            if inbox in events:
+                while True:
+                    try:
+                        frame = inbox.recv(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    sock.send(frame)
+                    last_sent = time.monotonic()
+            if sock in events:
+                while True:
+                    try:
+                        frame = sock.recv(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    if not self._handle(p.decode(frame)):
+                        return 0
+            now = time.monotonic()
+            if self.tasks and now - last_progress >= PROGRESS_INTERVAL_S:
+                rss = self._process.memory_info().rss
+                for task in list(self.tasks.values()):
+                    spec = task.spec
+                    sock.send(p.encode(p.TaskProgress(spec.run_id, spec.task_id, spec.attempt, task.progress(), rss)))
+                last_progress = last_sent = now
+            if now - last_sent >= interval:
+                sock.send(p.encode(p.Heartbeat(
+                    self.worker_id,
+                    running=[f"{k[0]}/{k[1]}#{k[2]}" for k in self.tasks],
+                    rss_bytes=self._process.memory_info().rss,
+                    store_bytes=self.store.bytes_in_memory,
+                    spilled_bytes=self.store.bytes_spilled_total,
+                )))
+                last_sent = now
+            if self._parent_gone():
+                log.warning("parent process is gone; worker %s stops", self.worker_id)
+                return 0
+        return 0
+
+    def _parent_gone(self) -> bool:
+        return self.options.parent_pid is not None and os.getppid() != self.options.parent_pid
+
+    # -- messages ------------------------------------------------------------------------------
+    def _handle(self, message: p.Message) -> bool:
+        match message:
+            case p.AssignTask():
+                self._start_task(message)
+            case p.CancelTask():
+                task = self.tasks.get((message.run_id, message.task_id, message.attempt))
+                if task is not None:
+                    task.cancel.set()
+            case p.ReleaseOutputs():
+                if message.task_id:
+                    stage, partition = parse_task_id(message.task_id)
+                    self.store.release((message.run_id, stage, partition, message.attempt))
+                else:
+                    self.store.release_run(message.run_id)
+                    shutil.rmtree(self.work_dir / message.run_id, ignore_errors=True)
+            case p.Shutdown():
+                log.info("shutdown requested: %s", message.reason)
+                return False
+            case p.Reject():
+                log.error("coordinator rejected a message: %s", message.reason)
+            case _:
+                log.warning("ignoring unexpected %s", message.op)
+        return True
+
+    def _start_task(self, msg: p.AssignTask) -> None:
+        spec = TaskSpec(
+            run_id=msg.run_id, task_id=msg.task_id, stage_id=msg.stage_id, partition=msg.partition,
+            partitions=msg.partitions, attempt=msg.attempt, steps=msg.steps, output=msg.output,
+            output_dir=Path(msg.output_dir), batch_rows=msg.batch_rows, connections=msg.connections,
+        )
+        task = TaskRun(spec)
+        self.tasks[(msg.run_id, msg.task_id, msg.attempt)] = task
+        thread = threading.Thread(target=self._run_task, args=(task, msg.inputs),
+                                  name=f"task-{msg.task_id}#{msg.attempt}", daemon=True)
+        thread.start()
+
+    def _run_task(self, task: TaskRun, inputs: dict[str, list[dict[str, object]]]) -> None:
+        spec = task.spec
+        key = (spec.run_id, spec.task_id, spec.attempt)
+        push = self._zmq.socket(zmq.PUSH)
+        push.connect(self._inbox_addr)
+        push.send(p.encode(p.TaskStarted(spec.run_id, spec.task_id, spec.attempt, self.worker_id, task.started_at)))
+
+        def open_input(step_id: str) -> RowStream:
+            pairs = [(str(s["flight_uri"]), p.decode_ticket(s["ticket"]))  # type: ignore[arg-type]
+                     for s in inputs.get(step_id, [])]
+            return self.clients.read_many(pairs, name=step_id)
+
+        work_dir = self.work_dir / spec.run_id / f"{spec.task_id}-{spec.attempt}"
+        work_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            result = run_task(task, self.registry, self.store, open_input, work_dir=work_dir,
+                              memory_limit_bytes=self.options.memory_limit_bytes)
+            reply: p.Message = p.TaskFinished(
+                spec.run_id, spec.task_id, spec.attempt, self.worker_id, task.started_at, time.time(),
+                result.steps, result.output_rows, result.output_bytes,
+                self._spills.pop((spec.run_id, spec.stage_id, spec.partition), []),
+            )
+        except BaseException as exc:  # a task must always report, whatever it raised
+            if not isinstance(exc, Cancelled):
+                log.debug("task %s failed:\n%s", spec.task_id, traceback.format_exc())
+            reply = p.TaskFailed(spec.run_id, spec.task_id, spec.attempt, self.worker_id,
+                                 error=_describe(exc), error_type=type(exc).__name__,
+                                 transient=is_transient(exc), step_id=task.current_step)
+        finally:
+            shutil.rmtree(work_dir, ignore_errors=True)
+        self.tasks.pop(key, None)
+        push.send(p.encode(reply))
+        push.close(linger=1000)
+
+    def _on_spill(self, event: object) -> None:
+        key = getattr(event, "key", None)
+        if key is None:
+            return
+        run_id, stage_id, partition, _attempt = key
+        self._spills.setdefault((run_id, stage_id, partition), []).append(
+            {"bytes": int(getattr(event, "bytes_written_to_disk", 0)),
+             "batches": int(getattr(event, "batches", 0)),
+             "memory_before": int(getattr(event, "bytes_in_memory_before", 0))}
+        )
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text if type(exc).__module__.startswith("osiris_flight") else f"{type(exc).__name__}: {text}"

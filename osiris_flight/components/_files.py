@@ -1,0 +1,126 @@
+"""File helpers shared by the file extractors and writers: path resolution and atomic commit.
+
+Why temp + rename: a task can fail or be killed at any moment and is then retried, perhaps on another
+worker. If a writer wrote its target in place, a reader could see half a file, and a retry could
+leave a mix of two attempts. Instead every writer writes ``.<name>.tmp-<run>-<task>-<attempt>`` in
+the target's own directory (same filesystem, so the rename is atomic), fsyncs it, and
+``os.replace``-s it onto the target, then fsyncs the directory so the rename survives a crash. On
+any error the temp file is removed and the target is exactly as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+from osiris_flight.components.base import StepContext
+from osiris_flight.errors import TerminalError
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def resolve_path(path: str) -> Path:
+    """An absolute path stays; a relative one is taken from the process's working directory.
+
+    In the default local mode the workers inherit the directory ``osiris-flight run`` was started
+    in, so relative paths mean what they mean to Osiris. (``ctx.work_dir`` is not used: it is a
+    per-task scratch directory that is deleted when the task ends.)
+    """
+    candidate = Path(os.path.expanduser(path))
+    return candidate if candidate.is_absolute() else Path.cwd() / candidate
+
+
+def partition_target(ctx: StepContext, target: Path) -> Path:
+    """The file one partition task writes.
+
+    A single-partition step writes ``target`` itself. When a writer is fused behind a source split
+    into N partitions, each task writes its own ``<stem>.part-<p>-of-<N><suffix>`` next to it, so
+    partitions never overwrite each other.
+    """
+    if ctx.partitions <= 1:
+        return target
+    width = len(str(ctx.partitions - 1))
+    name = f"{target.stem}.part-{ctx.partition:0{width}d}-of-{ctx.partitions}{target.suffix}"
+    return target.with_name(name)
+
+
+def _temp_prefix(target: Path, ctx: StepContext) -> str:
+    run = _UNSAFE.sub("_", ctx.run_id)
+    task = _UNSAFE.sub("_", ctx.task_id)
+    return f".{target.name}.tmp-{run}-{task}-"
+
+
+def temp_path(target: Path, ctx: StepContext) -> Path:
+    """``.<name>.tmp-<run_id>-<task_id>-<attempt>`` in the target's directory."""
+    return target.with_name(f"{_temp_prefix(target, ctx)}{ctx.attempt}")
+
+
+def _remove_stale_temps(target: Path, ctx: StepContext) -> None:
+    """Delete temp files that earlier attempts of this same task left behind when they were killed.
+
+    If an earlier attempt is in fact still alive (a worker wrongly declared dead), its later
+    ``os.replace`` fails because its temp file is gone, so it can never overwrite this attempt's commit.
+    """
+    prefix = _temp_prefix(target, ctx)
+    with contextlib.suppress(OSError):
+        for entry in target.parent.iterdir():
+            suffix = entry.name[len(prefix) :] if entry.name.startswith(prefix) else ""
+            if suffix.isdigit() and int(suffix) < ctx.attempt:
+                with contextlib.suppress(OSError):
+                    entry.unlink()
+
+
+def prepare_target(ctx: StepContext, target: Path, *, create_dirs: bool, field: str = "path") -> None:
+    """Make sure the target's directory exists (or fail clearly) and that the target is not a dir."""
+    parent = target.parent
+    if not parent.is_dir():
+        if not create_dirs:
+            raise TerminalError(
+                f"step '{ctx.step_id}': config.{field}: directory {parent} does not exist "
+                "(create it, or set create_dirs: true)"
+            )
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TerminalError(
+                f"step '{ctx.step_id}': config.{field}: cannot create directory {parent}: {exc.strerror}"
+            ) from None
+    if target.is_dir():
+        raise TerminalError(f"step '{ctx.step_id}': config.{field}: {target} is a directory, not a file")
+
+
+def _fsync_path(path: Path, *, directory: bool = False) -> None:
+    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        if directory:  # some platforms cannot open a directory; the rename is still atomic
+            return
+        raise
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_target(ctx: StepContext, target: Path) -> Iterator[Path]:
+    """Yield a temp path to write; on success fsync it and atomically replace ``target`` with it.
+
+    The caller must have closed every handle on the temp file when its ``with`` body ends. Any
+    exception (including KeyboardInterrupt or a cancellation) removes the temp file and propagates.
+    """
+    _remove_stale_temps(target, ctx)
+    temp = temp_path(target, ctx)
+    try:
+        yield temp
+        _fsync_path(temp)
+        os.replace(temp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temp.unlink()
+        raise
+    _fsync_path(target.parent, directory=True)

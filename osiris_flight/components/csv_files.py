@@ -1,0 +1,432 @@
+"""CSV files: ``filesystem.csv_extractor`` (source) and ``filesystem.csv_writer`` (sink).
+
+The extractor streams with pyarrow's incremental CSV reader, single-threaded, one block at a time,
+so memory stays about one block (``block_size`` bytes, sized from a sample of the file to hold
+~``ctx.batch_rows`` rows) plus one output batch, whatever the file size. The writer streams each
+batch through pyarrow's CSVWriter into a temp file and commits it with an atomic rename (see
+``_files``); ``append`` copies the existing file into the temp first, so an append is atomic too.
+
+Both read and write SQL-style NULLs: the writer writes a null as an empty unquoted field and quotes
+every string, and the extractor (by default) reads an empty unquoted field as null but ``""`` as the
+empty string, so a written file reads back to the same table.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import shutil
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from osiris_flight.components import _files
+from osiris_flight.components._common import (
+    ARROW_TYPE_NAMES,
+    RELATIVE_PATHS,
+    SCHEMA_DIALECT,
+    column_list_schema,
+    format_columns,
+    rebatch,
+)
+from osiris_flight.components._encoding import Transcoder, bomless, check_encoding, codec_name
+from osiris_flight.components.base import ComponentSpec, Sink, Source, WriteResult
+from osiris_flight.data.rowstream import RowStream
+from osiris_flight.errors import Problem, TerminalError
+
+DEFAULT_NULL_VALUES = ["", "NULL", "null", "\\N"]
+SAMPLE_BYTES = 64 * 1024
+MIN_BLOCK_BYTES = 64 * 1024
+MAX_BLOCK_BYTES = 64 * 1024 * 1024
+
+_ONE_CHAR = {"type": "string", "minLength": 1, "maxLength": 1}
+
+EXTRACTOR_SCHEMA: dict[str, Any] = {
+    "$schema": SCHEMA_DIALECT,
+    "title": "filesystem.csv_extractor",
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["path"],
+    "properties": {
+        "path": {
+            "type": "string",
+            "minLength": 1,
+            "description": "CSV file to read. " + RELATIVE_PATHS,
+        },
+        "delimiter": {**_ONE_CHAR, "default": ",", "description": "Field separator. Default ','."},
+        "header": {
+            "type": "boolean",
+            "default": True,
+            "description": "The first row (after skip_rows) holds column names. Default true. When "
+            "false, columns are named by column_names, else f0, f1, ...",
+        },
+        "column_names": column_list_schema("Column names when header is false.", min_items=1),
+        "encoding": {
+            "type": "string",
+            "minLength": 1,
+            "default": "utf-8",
+            "description": "Text encoding of the file (any Python codec name). Default utf-8.",
+        },
+        "skip_rows": {
+            "type": "integer",
+            "minimum": 0,
+            "default": 0,
+            "description": "Lines to skip at the top of the file, before the header. Default 0.",
+        },
+        "columns": column_list_schema("Keep only these columns, in this order. Default: all."),
+        "column_types": {
+            "type": "object",
+            "additionalProperties": {"enum": sorted(ARROW_TYPE_NAMES)},
+            "description": "Column name -> type (int64, float64, string, bool, date, timestamp, ...). "
+            "Columns not named here are inferred from the data.",
+        },
+        "quote_char": {
+            "anyOf": [_ONE_CHAR, {"const": False}],
+            "default": '"',
+            "description": "Quote character, or false for none. Default '\"'.",
+        },
+        "null_values": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "Unquoted field values read as NULL. Default ['', 'NULL', 'null', '\\\\N']. "
+            "A quoted value is never NULL.",
+        },
+        "newlines_in_values": {
+            "type": "boolean",
+            "default": True,
+            "description": "Quoted values may contain line breaks. Default true; false parses faster.",
+        },
+    },
+}
+
+WRITER_SCHEMA: dict[str, Any] = {
+    "$schema": SCHEMA_DIALECT,
+    "title": "filesystem.csv_writer",
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["path"],
+    "properties": {
+        "path": {
+            "type": "string",
+            "minLength": 1,
+            "description": "CSV file to write. " + RELATIVE_PATHS,
+        },
+        "delimiter": {**_ONE_CHAR, "default": ",", "description": "Field separator. Default ','."},
+        "header": {"type": "boolean", "default": True, "description": "Write a header row. Default true."},
+        "encoding": {
+            "type": "string",
+            "minLength": 1,
+            "default": "utf-8",
+            "description": "Text encoding (any Python codec name). Default utf-8; other encodings are "
+            "transcoded per batch and a character the encoding lacks fails the step.",
+        },
+        "newline": {"enum": ["\n", "\r\n"], "default": "\n", "description": "Line ending. Default '\\n'."},
+        "write_mode": {
+            "enum": ["overwrite", "append"],
+            "default": "overwrite",
+            "description": "overwrite (default) replaces the file; append adds rows after its existing "
+            "rows (no second header). Both commit atomically.",
+        },
+        "create_dirs": {
+            "type": "boolean",
+            "default": True,
+            "description": "Create missing parent directories. Default true.",
+        },
+        "quoting": {
+            "enum": ["needed", "all_valid", "none"],
+            "default": "needed",
+            "description": "needed (default): quote strings; all_valid: quote every non-null value; "
+            "none: never quote (fails on a value containing the delimiter, a quote or a newline).",
+        },
+        "null_string": {
+            "type": "string",
+            "default": "",
+            "description": "Text written for NULL. Default '' (an empty unquoted field).",
+        },
+    },
+}
+
+
+def check_extractor(config: Mapping[str, Any]) -> list[Problem]:
+    problems = check_encoding(config)
+    if config.get("column_names") and config.get("header", True):
+        problems.append(
+            Problem(
+                "column_names is only used when header is false",
+                field="config.column_names",
+                hint="set header: false, or remove column_names and use the file's header",
+            )
+        )
+    if config.get("quote_char", '"') == config.get("delimiter", ","):
+        problems.append(Problem("quote_char must differ from delimiter", field="config.quote_char"))
+    columns, types = config.get("columns"), config.get("column_types") or {}
+    if isinstance(columns, list) and isinstance(types, Mapping):
+        for name in types:
+            if name not in columns:
+                problems.append(
+                    Problem(
+                        f"column_types names column '{name}', which columns does not keep",
+                        field=f"config.column_types.{name}",
+                        hint=f"columns keeps {format_columns(columns)}",
+                    )
+                )
+    return problems
+
+
+def check_writer(config: Mapping[str, Any]) -> list[Problem]:
+    return check_encoding(config)
+
+
+def _parse_error(ctx_step: str, path: Path, exc: pa.ArrowException, names: list[str]) -> TerminalError:
+    """Turn a pyarrow CSV error into a message naming the file, and the column where pyarrow tells."""
+    message = str(exc)
+    found = re.match(r"In CSV column #(\d+)", message)
+    if found and int(found.group(1)) < len(names):
+        message = f"column '{names[int(found.group(1))]}': {message}"
+    if "straddles two block boundaries" in message:
+        message += "; a row is far longer than the rows sampled at the top of the file"
+    return TerminalError(f"step '{ctx_step}': cannot read CSV file {path}: {message}")
+
+
+class CsvExtractor(Source):
+    """Streams one CSV file as Arrow batches of ~``ctx.batch_rows`` rows (one partition)."""
+
+    def open(self) -> RowStream:
+        cfg = self.config
+        path = _files.resolve_path(str(cfg["path"]))
+        if not path.is_file():
+            what = "is a directory, not a file" if path.is_dir() else "does not exist"
+            raise TerminalError(f"step '{self.ctx.step_id}': config.path: CSV file {path} {what}")
+        try:
+            size = path.stat().st_size
+            with path.open("rb") as handle:
+                sample = handle.read(SAMPLE_BYTES)
+        except OSError as exc:
+            raise TerminalError(f"step '{self.ctx.step_id}': cannot read CSV file {path}: {exc}") from None
+        block_size, bytes_per_row = self._block_size(sample)
+        reader = self._open_reader(path, block_size)
+        names = reader.schema.names
+        self._check_types(reader.schema)
+        step = self.ctx.step_id
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            try:
+                while True:
+                    try:
+                        batch = reader.read_next_batch()
+                    except StopIteration:
+                        return
+                    except pa.ArrowException as exc:
+                        raise _parse_error(step, path, exc, names) from None
+                    yield batch
+            finally:
+                reader.close()
+
+        estimate = max(0, round(size / bytes_per_row) - (1 if cfg.get("header", True) else 0))
+        return RowStream(
+            rebatch(batches(), self.ctx.batch_rows), reader.schema, estimated_rows=estimate, name=step
+        )
+
+    def _block_size(self, sample: bytes) -> tuple[int, float]:
+        """Bytes per block so one block holds ~batch_rows rows; returns it and mean bytes per row.
+
+        The block also holds at least 16 of the longest sampled lines (pyarrow needs every row to fit
+        in a block) and is capped by an eighth of the task's memory budget.
+        """
+        lines = sample.split(b"\n")
+        if len(lines) > 1 and len(sample) == SAMPLE_BYTES:
+            lines = lines[:-1]  # the last line of a full sample is cut short
+        longest = max((len(line) + 1 for line in lines), default=1)
+        per_row = max(1.0, len(sample) / max(1, len(lines)))
+        cap = max(MIN_BLOCK_BYTES, min(MAX_BLOCK_BYTES, self.ctx.memory_limit_bytes // 8))
+        wanted = max(int(per_row * self.ctx.batch_rows), 16 * longest, MIN_BLOCK_BYTES)
+        return min(wanted, cap), per_row
+
+    def _open_reader(self, path: Path, block_size: int) -> pacsv.CSVStreamingReader:
+        cfg = self.config
+        header = bool(cfg.get("header", True))
+        column_names = cfg.get("column_names")
+        read_options = pacsv.ReadOptions(
+            use_threads=False,  # one block in memory at a time: the memory bound
+            block_size=block_size,
+            skip_rows=int(cfg.get("skip_rows", 0)),
+            column_names=None if header else column_names,
+            autogenerate_column_names=not header and not column_names,
+            encoding=str(cfg.get("encoding", "utf-8")),
+        )
+        quote_char = cfg.get("quote_char", '"')
+        parse_options = pacsv.ParseOptions(
+            delimiter=str(cfg.get("delimiter", ",")),
+            quote_char=quote_char if isinstance(quote_char, str) else False,
+            newlines_in_values=bool(cfg.get("newlines_in_values", True)),
+        )
+        types = {name: ARROW_TYPE_NAMES[t] for name, t in (cfg.get("column_types") or {}).items()}
+        convert_options = pacsv.ConvertOptions(
+            column_types=types,
+            include_columns=list(cfg.get("columns") or []),
+            null_values=list(cfg.get("null_values", DEFAULT_NULL_VALUES)),
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=False,
+        )
+        try:
+            return pacsv.open_csv(
+                str(path),
+                read_options=read_options,
+                parse_options=parse_options,
+                convert_options=convert_options,
+            )
+        except pa.ArrowKeyError as exc:
+            found = re.search(r"Column '(.*)' in include_columns", str(exc))
+            column = found.group(1) if found else "?"
+            raise TerminalError(
+                f"step '{self.ctx.step_id}': config.columns: column '{column}' is not in CSV file {path}"
+                f"{self._header_hint(path)}"
+            ) from None
+        except pa.ArrowException as exc:
+            raise _parse_error(self.ctx.step_id, path, exc, []) from None
+
+    def _header_hint(self, path: Path) -> str:
+        try:
+            header = pacsv.open_csv(
+                str(path),
+                read_options=pacsv.ReadOptions(
+                    skip_rows=int(self.config.get("skip_rows", 0)),
+                    encoding=str(self.config.get("encoding", "utf-8")),
+                    autogenerate_column_names=not self.config.get("header", True),
+                ),
+                parse_options=pacsv.ParseOptions(delimiter=str(self.config.get("delimiter", ","))),
+            ).schema.names
+        except (pa.ArrowException, OSError):
+            return ""
+        return f"; available columns: {format_columns(header)}"
+
+    def _check_types(self, schema: pa.Schema) -> None:
+        for name in self.config.get("column_types") or {}:
+            if name not in schema.names:
+                raise TerminalError(
+                    f"step '{self.ctx.step_id}': config.column_types: column '{name}' is not in the CSV "
+                    f"file; available columns: {format_columns(schema.names)}"
+                )
+
+
+class CsvWriter(Sink):
+    """Writes the stream to one CSV file, atomically (temp file + fsync + rename)."""
+
+    def write(self, stream: RowStream) -> WriteResult:
+        cfg = self.config
+        step = self.ctx.step_id
+        target = _files.partition_target(self.ctx, _files.resolve_path(str(cfg["path"])))
+        _files.prepare_target(self.ctx, target, create_dirs=bool(cfg.get("create_dirs", True)))
+        schema = stream.schema
+        nested = [f.name for f in schema if pa.types.is_nested(f.type)]
+        if nested:
+            raise TerminalError(
+                f"step '{step}': CSV cannot hold nested columns {format_columns(nested)}; "
+                "drop them before this step or write Parquet instead"
+            )
+        encoding = codec_name(str(cfg.get("encoding", "utf-8"))) or "utf-8"
+        append = cfg.get("write_mode", "overwrite") == "append" and target.is_file()
+        rows = 0
+        try:
+            with _files.atomic_target(self.ctx, target) as temp:
+                if append:
+                    shutil.copyfile(target, temp)
+                with temp.open("ab" if append else "wb") as handle:
+                    existing = append and target.stat().st_size > 0
+                    if existing:
+                        encoding = self._prepare_append(target, handle, schema, encoding)
+                    rows = self._write_batches(stream, schema, handle, encoding, header=not existing)
+        except OSError as exc:
+            raise TerminalError(f"step '{step}': cannot write CSV file {target}: {exc}") from None
+        except UnicodeEncodeError as exc:
+            raise TerminalError(
+                f"step '{step}': config.encoding: {exc.object[exc.start : exc.end]!r} cannot be written "
+                f"in {encoding}; choose an encoding that has it (utf-8 has every character)"
+            ) from None
+        return WriteResult(rows=rows, bytes=target.stat().st_size, target=str(target))
+
+    def _write_batches(
+        self, stream: RowStream, schema: pa.Schema, handle: Any, encoding: str, *, header: bool
+    ) -> int:
+        cfg = self.config
+        options = pacsv.WriteOptions(
+            include_header=bool(cfg.get("header", True)) and header,
+            delimiter=str(cfg.get("delimiter", ",")),
+            quoting_style=str(cfg.get("quoting", "needed")),
+            eol=str(cfg.get("newline", "\n")),
+            null_string=str(cfg.get("null_string", "")),
+        )
+        sink = handle if encoding == "utf-8" else Transcoder(handle, encoding)
+        rows = 0
+        try:
+            writer = pacsv.CSVWriter(sink, schema, write_options=options)
+            try:
+                for batch in stream.batches():
+                    self.ctx.check_cancelled()
+                    writer.write_batch(batch)
+                    rows += batch.num_rows
+            finally:
+                writer.close()
+        except pa.ArrowException as exc:
+            raise TerminalError(
+                f"step '{self.ctx.step_id}': cannot write CSV after {rows} rows: {exc}"
+            ) from None
+        if isinstance(sink, Transcoder):
+            sink.finish()
+        handle.flush()
+        os.fsync(handle.fileno())
+        return rows
+
+    def _prepare_append(self, target: Path, handle: Any, schema: pa.Schema, encoding: str) -> str:
+        """Check the existing header matches the stream's columns; end the last line if it is open.
+
+        Returns the encoding to append with: the BOM-writing codecs (utf-8-sig, utf-16, utf-32) must
+        not write a second byte-order mark in the middle of the file.
+        """
+        cfg = self.config
+        newline = str(cfg.get("newline", "\n"))
+        with target.open("r", encoding=encoding, newline="") as existing:
+            first = existing.readline()
+        if cfg.get("header", True):
+            delimiter = str(cfg.get("delimiter", ","))
+            names = next(csv.reader([first.rstrip("\r\n")], delimiter=delimiter), [])
+            if names != schema.names:
+                raise TerminalError(
+                    f"step '{self.ctx.step_id}': write_mode append: {target} has columns "
+                    f"{format_columns(names)} but the input has {format_columns(schema.names)}; "
+                    "write to a new file, or use write_mode: overwrite"
+                )
+        with target.open("rb") as existing_bytes:
+            encoding = bomless(encoding, existing_bytes.read(4))
+            line_end = "\n".encode(encoding)
+            existing_bytes.seek(max(0, target.stat().st_size - len(line_end)))
+            if existing_bytes.read() != line_end:
+                handle.write(newline.encode(encoding))
+        return encoding
+
+
+COMPONENTS: list[ComponentSpec] = [
+    ComponentSpec(
+        name="filesystem.csv_extractor",
+        role="source",
+        operator=CsvExtractor,
+        config_schema=EXTRACTOR_SCHEMA,
+        description="Read a CSV file as a stream of Arrow record batches.",
+        check=check_extractor,
+    ),
+    ComponentSpec(
+        name="filesystem.csv_writer",
+        role="sink",
+        operator=CsvWriter,
+        config_schema=WRITER_SCHEMA,
+        description="Write a stream to a CSV file, atomically (temp file + rename).",
+        min_inputs=1,
+        max_inputs=1,
+        partitionwise=True,
+        check=check_writer,
+    ),
+]

@@ -1,0 +1,155 @@
+"""Engine and cluster configuration: ``osiris.yaml`` (optional), overridden by CLI flags.
+
+```yaml
+engine:
+  memory_limit_mb: 512      # batch-store budget of the whole local cluster (split over its workers)
+  workers: 2                # local worker processes (default: one per CPU)
+  slots_per_worker: 2       # tasks a worker runs at once
+  batch_rows: 65536         # target rows per Arrow batch
+  max_attempts: 3           # counted failures before a task fails the run
+  heartbeat_interval_s: 1.0
+  heartbeat_misses: 3       # a worker is dead after this many silent intervals
+  spill_dir: null           # default: a temp directory per worker
+  spill_compression: zstd   # zstd | lz4 | none
+cluster:
+  coordinator: null         # tcp://host:port of a running osiris-coordinator; null = embedded cluster
+run_logs: run_logs
+connections_file: null      # default: $OSIRIS_CONNECTIONS_FILE, then ./osiris_connections.yaml
+plugins: []                 # modules with extra COMPONENTS
+```
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from osiris_flight.errors import InvalidInput, Problem
+
+DEFAULT_CONFIG_FILE = "osiris.yaml"
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    memory_limit_mb: int = 512
+    workers: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
+    slots_per_worker: int = 2
+    batch_rows: int = 65536
+    max_attempts: int = 3
+    heartbeat_interval_s: float = 1.0
+    heartbeat_misses: int = 3
+    spill_dir: str | None = None
+    spill_compression: str = "zstd"
+
+    @property
+    def memory_limit_bytes(self) -> int:
+        return self.memory_limit_mb * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    coordinator: str | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    run_logs: str = "run_logs"
+    connections_file: str | None = None
+    plugins: tuple[str, ...] = ()
+    source: str | None = None
+
+
+_POSITIVE = {"memory_limit_mb", "workers", "slots_per_worker", "batch_rows", "max_attempts",
+             "heartbeat_interval_s", "heartbeat_misses"}
+_CHOICES = {"spill_compression": ("zstd", "lz4", "none")}
+
+
+def _section(cls: type, data: Any, file: str, name: str) -> Any:
+    if data is None:
+        return cls()
+    if not isinstance(data, dict):
+        raise InvalidInput(Problem("must be a mapping", file=file, field=name))
+    known = {f.name: f for f in fields(cls)}
+    problems: list[Problem] = []
+    values: dict[str, Any] = {}
+    defaults = cls()
+    for key, value in data.items():
+        where = f"{name}.{key}"
+        if key not in known:
+            problems.append(Problem("unknown key", file=file, field=where,
+                                    hint="valid keys: " + ", ".join(sorted(known))))
+            continue
+        expected = type(getattr(defaults, key))
+        if value is None and getattr(defaults, key) is None:
+            values[key] = None
+            continue
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if getattr(defaults, key) is None:
+            expected = str
+        if not isinstance(value, expected) or isinstance(value, bool) != (expected is bool):
+            problems.append(Problem(f"expected {expected.__name__}, got {value!r}", file=file, field=where))
+            continue
+        if key in _POSITIVE and value <= 0:
+            problems.append(Problem(f"must be positive, got {value!r}", file=file, field=where))
+            continue
+        if key in _CHOICES and value not in _CHOICES[key]:
+            problems.append(Problem(f"invalid value {value!r}", file=file, field=where,
+                                    hint="expected one of: " + ", ".join(_CHOICES[key])))
+            continue
+        values[key] = value
+    if problems:
+        raise InvalidInput(problems)
+    return replace(defaults, **values)
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Read ``path`` (or ./osiris.yaml when present); a missing default file means all defaults."""
+    if path is None:
+        if not Path(DEFAULT_CONFIG_FILE).exists():
+            return Config()
+        path = DEFAULT_CONFIG_FILE
+    file = str(path)
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InvalidInput(Problem("config file not found", file=file)) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise InvalidInput(Problem(f"YAML syntax error: {getattr(exc, 'problem', exc)}", file=file,
+                                   line=mark.line + 1 if mark else None)) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise InvalidInput(Problem("top level must be a mapping", file=file))
+    allowed = {"engine", "cluster", "run_logs", "connections_file", "plugins"}
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise InvalidInput([Problem("unknown key", file=file, field=k, hint="valid keys: " + ", ".join(sorted(allowed)))
+                            for k in unknown])
+    plugins = data.get("plugins") or []
+    if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
+        raise InvalidInput(Problem("must be a list of module names", file=file, field="plugins"))
+    for key in ("run_logs", "connections_file"):
+        if data.get(key) is not None and not isinstance(data[key], str):
+            raise InvalidInput(Problem("must be a path string", file=file, field=key))
+    return Config(
+        engine=_section(EngineConfig, data.get("engine"), file, "engine"),
+        cluster=_section(ClusterConfig, data.get("cluster"), file, "cluster"),
+        run_logs=data.get("run_logs") or "run_logs",
+        connections_file=data.get("connections_file"),
+        plugins=tuple(plugins),
+        source=file,
+    )
+
+
+def with_overrides(config: Config, **engine: Any) -> Config:
+    """Apply CLI flags (None means 'not given')."""
+    given = {k: v for k, v in engine.items() if v is not None}
+    return replace(config, engine=replace(config.engine, **given)) if given else config

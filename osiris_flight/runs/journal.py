@@ -1,0 +1,87 @@
+"""The run journal: an append-only, versioned JSON-lines file that ``--resume`` reads.
+
+It records what must survive a crash: which terminal tasks (sinks, discarded outputs) committed, and
+source checkpoints. A line is written and flushed (fsync) only after the thing it records is durable,
+so a resumed run never skips work that was not finished. A reader refuses a journal whose version it
+does not know, rather than guessing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+JOURNAL_VERSION = 1
+
+
+class JournalError(ValueError):
+    pass
+
+
+@dataclass
+class JournalState:
+    manifest_fingerprint: str | None = None
+    committed: dict[str, dict[str, Any]] = field(default_factory=dict)
+    checkpoints: dict[str, str] = field(default_factory=dict)
+    attempts: int = 0
+    ended: str | None = None
+
+
+class Journal:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fh = path.open("a", encoding="utf-8")
+
+    def _append(self, record: dict[str, Any]) -> None:
+        self._fh.write(json.dumps({"v": JOURNAL_VERSION, **record}, sort_keys=True, default=str) + "\n")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
+    def started(self, manifest_fingerprint: str, resumed: bool) -> None:
+        self._append({"type": "run_start", "manifest": manifest_fingerprint, "resumed": resumed})
+
+    def committed(self, task_id: str, attempt: int, output: str, steps: dict[str, Any]) -> None:
+        self._append({"type": "task_committed", "task_id": task_id, "attempt": attempt, "output": output,
+                      "steps": steps})
+
+    def checkpoint(self, task_id: str, token: str) -> None:
+        self._append({"type": "checkpoint", "task_id": task_id, "token": token})
+
+    def ended(self, status: str) -> None:
+        self._append({"type": "run_end", "status": status})
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def read_journal(path: Path) -> JournalState:
+    state = JournalState()
+    if not path.exists():
+        return state
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            # A torn last line from a kill mid-write records nothing that was durable.
+            if number == len(path.read_text(encoding="utf-8").splitlines()):
+                break
+            raise JournalError(f"{path}:{number}: corrupt journal line") from None
+        if record.get("v") != JOURNAL_VERSION:
+            raise JournalError(f"{path}:{number}: journal version {record.get('v')!r} is not supported")
+        kind = record.get("type")
+        if kind == "run_start":
+            state.manifest_fingerprint = record["manifest"]
+            state.attempts += 1
+            state.ended = None
+        elif kind == "task_committed":
+            state.committed[record["task_id"]] = record
+        elif kind == "checkpoint":
+            state.checkpoints[record["task_id"]] = record["token"]
+        elif kind == "run_end":
+            state.ended = record["status"]
+    return state

@@ -1,0 +1,1 @@
+"""Running one task: a fused chain of operators over RowStreams, in one worker process."""

@@ -1,0 +1,193 @@
+"""Run one task attempt: build the fused operator chain and drive batches through it.
+
+The chain is composed lazily: the first step reads its inputs (Flight streams of other stages, or
+nothing for a source), each later step wraps the stream of the step before, and the task pulls
+batches from the end of the chain into the batch store (an exchange output), into a writer (a sink),
+or into nothing (a discarded output). Batches therefore pass step to step in-process, one at a time:
+that is what fusion buys.
+
+Every step's output is wrapped in a counter (rows, bytes) that also checks for cancellation, so a
+cancelled attempt stops at the next batch boundary of any step.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from osiris_flight.components.base import Sink, Source, StepContext, Transform, WriteResult
+from osiris_flight.components.registry import Registry
+from osiris_flight.data.batch_store import BatchStore
+from osiris_flight.data.rowstream import RowStream, counted
+from osiris_flight.errors import TerminalError
+from osiris_flight.oml.connections import resolve_runtime_config
+
+
+@dataclass
+class StepCounters:
+    """Rows and bytes that left a step so far (for a sink: rows written)."""
+
+    rows: int = 0
+    bytes: int = 0
+    batches: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return {"rows": self.rows, "bytes": self.bytes, "batches": self.batches}
+
+
+@dataclass
+class TaskSpec:
+    """What a worker needs to run one attempt (decoded from protocol.AssignTask)."""
+
+    run_id: str
+    task_id: str
+    stage_id: str
+    partition: int
+    partitions: int
+    attempt: int
+    steps: list[dict[str, Any]]
+    output: str
+    output_dir: Path
+    batch_rows: int
+    connections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class TaskResult:
+    steps: dict[str, dict[str, Any]]
+    output_rows: int = 0
+    output_bytes: int = 0
+    write: WriteResult | None = None
+
+
+@dataclass
+class TaskRun:
+    """One attempt in progress: its counters are read by the progress reporter while it runs."""
+
+    spec: TaskSpec
+    cancel: threading.Event = field(default_factory=threading.Event)
+    counters: dict[str, StepCounters] = field(default_factory=dict)
+    current_step: str | None = None
+    started_at: float = field(default_factory=time.time)
+
+    def progress(self) -> dict[str, dict[str, int]]:
+        return {step: c.to_dict() for step, c in self.counters.items()}
+
+
+InputFactory = Callable[[str], RowStream]
+
+
+def run_task(
+    task: TaskRun,
+    registry: Registry,
+    store: BatchStore,
+    open_input: InputFactory,
+    *,
+    work_dir: Path,
+    memory_limit_bytes: int,
+    log_metric: Callable[..., None] = lambda name, value, **tags: None,
+    log_event: Callable[..., None] = lambda name, **fields: None,
+) -> TaskResult:
+    """Run the chain to completion; raise on failure (the caller classifies the error).
+
+    ``open_input(step_id)`` returns the stream of an upstream step that lives in another stage.
+    """
+    spec = task.spec
+    stream: RowStream | None = None
+    previous: str | None = None
+    write: WriteResult | None = None
+    for index, step in enumerate(spec.steps):
+        step_id = step["id"]
+        task.current_step = step_id
+        component = registry.get(step["component"])
+        if component is None:
+            raise TerminalError(f"step '{step_id}': component {step['component']!r} is not installed on this worker")
+        ctx = StepContext(
+            step_id=step_id,
+            component=step["component"],
+            config=resolve_runtime_config(step["config"]),
+            run_id=spec.run_id,
+            task_id=spec.task_id,
+            attempt=spec.attempt,
+            partition=spec.partition,
+            partitions=spec.partitions,
+            work_dir=work_dir,
+            output_dir=spec.output_dir / step_id,
+            connections=spec.connections,
+            memory_limit_bytes=memory_limit_bytes,
+            batch_rows=spec.batch_rows,
+            log_metric=log_metric,
+            log_event=log_event,
+            cancel_event=task.cancel,
+        )
+        operator = component.operator(ctx)
+        counters = task.counters.setdefault(step_id, StepCounters())
+        if index == 0:
+            inputs = {dep: open_input(dep) for dep in step.get("inputs", ())}
+        else:
+            assert previous is not None and stream is not None
+            inputs = {previous: stream}
+        if isinstance(operator, Source):
+            stream = operator.open()
+        elif isinstance(operator, Transform):
+            stream = operator.apply(inputs)
+        elif isinstance(operator, Sink):
+            if len(inputs) != 1:
+                raise TerminalError(f"step '{step_id}': a writer takes exactly one input, got {len(inputs)}")
+            write = operator.write(next(iter(inputs.values())))
+            counters.rows = write.rows
+            counters.bytes = write.bytes
+            stream = None
+            break
+        else:
+            raise TerminalError(f"step '{step_id}': {type(operator).__name__} is not a Source, Transform or Sink")
+        stream = counted(stream, _counter(counters, ctx))
+        previous = step_id
+
+    result = TaskResult(steps={})
+    if stream is not None:
+        if spec.output == "exchange":
+            result.output_rows, result.output_bytes = _store_output(task, stream, store)
+        else:
+            for batch in stream.batches():
+                result.output_rows += batch.num_rows
+    result.write = write
+    result.steps = {
+        step: {**c.to_dict(), **({"target": write.target} if write and step == spec.steps[-1]["id"] else {})}
+        for step, c in task.counters.items()
+    }
+    task.current_step = None
+    return result
+
+
+def _counter(counters: StepCounters, ctx: StepContext) -> Callable[[pa.RecordBatch], None]:
+    def on_batch(batch: pa.RecordBatch) -> None:
+        ctx.check_cancelled()
+        counters.rows += batch.num_rows
+        counters.bytes += batch.nbytes
+        counters.batches += 1
+
+    return on_batch
+
+
+def _store_output(task: TaskRun, stream: RowStream, store: BatchStore) -> tuple[int, int]:
+    spec = task.spec
+    key = (spec.run_id, spec.stage_id, spec.partition, spec.attempt)
+    writer = store.create(key, stream.schema)
+    rows = nbytes = 0
+    try:
+        for batch in stream.batches():
+            writer.append(batch)
+            rows += batch.num_rows
+            nbytes += batch.nbytes
+    except BaseException as exc:
+        writer.abort(f"producer of {spec.stage_id} partition {spec.partition} failed: {exc}")
+        raise
+    writer.close()
+    return rows, nbytes

@@ -1,0 +1,102 @@
+"""The telemetry facade: ``event(name, **fields)`` and ``metric(name, value, **tags)``.
+
+Each record gets a UTC ISO timestamp (``ts``) and a float epoch (``t``, seconds) and goes to every
+sink. Sinks are small: a JSON-lines file writer (events.jsonl / metrics.jsonl in the run directory) and
+a callback (used to forward events live to the submitting client). Fields whose names look secret
+are masked before any sink sees them: secrets never reach a log.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+SECRET_MARKERS = ("password", "passwd", "secret", "token", "api_key", "apikey", "credential")
+
+
+def mask_secrets(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {
+            k: ("***" if any(m in str(k).lower() for m in SECRET_MARKERS) else mask_secrets(v))
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [mask_secrets(v) for v in value]
+    return value
+
+
+class Sink(Protocol):
+    def event(self, record: dict[str, Any]) -> None: ...
+    def metric(self, record: dict[str, Any]) -> None: ...
+    def close(self) -> None: ...
+
+
+class JsonlSink:
+    """Appends one JSON object per line; flushed per record so a killed run keeps what it logged."""
+
+    def __init__(self, events_path: Path, metrics_path: Path) -> None:
+        self._events = events_path.open("a", encoding="utf-8")
+        self._metrics = metrics_path.open("a", encoding="utf-8")
+        self._lock = threading.Lock()
+
+    def _write(self, fh: Any, record: dict[str, Any]) -> None:
+        line = json.dumps(record, ensure_ascii=False, default=str)
+        with self._lock:
+            fh.write(line + "\n")
+            fh.flush()
+
+    def event(self, record: dict[str, Any]) -> None:
+        self._write(self._events, record)
+
+    def metric(self, record: dict[str, Any]) -> None:
+        self._write(self._metrics, record)
+
+    def close(self) -> None:
+        self._events.close()
+        self._metrics.close()
+
+
+class CallbackSink:
+    def __init__(self, on_event: Callable[[dict[str, Any]], None]) -> None:
+        self._on_event = on_event
+
+    def event(self, record: dict[str, Any]) -> None:
+        self._on_event(record)
+
+    def metric(self, record: dict[str, Any]) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+def _stamp(now: float) -> dict[str, Any]:
+    return {"ts": datetime.fromtimestamp(now, UTC).isoformat(timespec="microseconds"), "t": now}
+
+
+class Telemetry:
+    def __init__(self, sinks: list[Sink] | None = None, **common: Any) -> None:
+        self.sinks: list[Sink] = list(sinks or [])
+        self.common = common
+
+    def event(self, name: str, *, at: float | None = None, **fields: Any) -> dict[str, Any]:
+        record = {**_stamp(at if at is not None else time.time()), "event": name, **self.common,
+                  **mask_secrets(fields)}
+        for sink in self.sinks:
+            sink.event(record)
+        return record
+
+    def metric(self, name: str, value: float, *, at: float | None = None, **tags: Any) -> None:
+        record = {**_stamp(at if at is not None else time.time()), "metric": name, "value": value,
+                  **self.common, **mask_secrets(tags)}
+        for sink in self.sinks:
+            sink.metric(record)
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()
