@@ -10,7 +10,7 @@ engine:
   heartbeat_interval_s: 1.0
   heartbeat_misses: 3       # a worker is dead after this many silent intervals
   spill_dir: null           # default: a temp directory per worker
-  spill_compression: zstd   # zstd | lz4 | none
+  spill_compression: lz4    # lz4 (fastest) | zstd (smallest) | none
 cluster:
   coordinator: null         # tcp://host:port of a running osiris-coordinator; null = embedded cluster
 run_logs: run_logs
@@ -43,7 +43,7 @@ class EngineConfig:
     heartbeat_interval_s: float = 1.0
     heartbeat_misses: int = 3
     spill_dir: str | None = None
-    spill_compression: str = "zstd"
+    spill_compression: str = "lz4"
 
     @property
     def memory_limit_bytes(self) -> int:

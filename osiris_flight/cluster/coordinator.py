@@ -43,7 +43,7 @@ class CoordinatorOptions:
     worker_slots: int = 2
     worker_memory_limit_bytes: int = 256 * 1024 * 1024
     spill_dir: str | None = None
-    spill_compression: str = "zstd"
+    spill_compression: str = "lz4"
     parent_pid: int | None = None
     max_respawns: int = 16
 

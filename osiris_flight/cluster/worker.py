@@ -51,7 +51,7 @@ class WorkerOptions:
     slots: int = 2
     memory_limit_bytes: int = 256 * 1024 * 1024
     spill_dir: str | None = None
-    spill_compression: str = "zstd"
+    spill_compression: str = "lz4"
     bind_host: str = "127.0.0.1"
     advertise_host: str | None = None
     heartbeat_interval_s: float = 1.0

@@ -16,6 +16,8 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+import pyarrow as pa
+
 from osiris_flight.components.base import StepContext
 from osiris_flight.errors import TerminalError
 
@@ -107,6 +109,25 @@ def _fsync_path(path: Path, *, directory: bool = False) -> None:
 
 
 @contextlib.contextmanager
+def io_errors(ctx: StepContext, what: str) -> Iterator[None]:
+    """Turn a failure of the writer's own file or encoding work into a TerminalError naming ``what``.
+
+    Wrap only the writer's operations, never the iteration over its input stream: an upstream
+    failure (a lost worker is a ConnectionError, itself an OSError) must keep its own class, so the
+    scheduler can retry it.
+    """
+    try:
+        yield
+    except UnicodeEncodeError as exc:
+        raise TerminalError(
+            f"step '{ctx.step_id}': config.encoding: {exc.object[exc.start : exc.end]!r} cannot be "
+            f"written in {exc.encoding}; choose an encoding that has it (utf-8 has every character)"
+        ) from None
+    except (OSError, pa.ArrowException) as exc:
+        raise TerminalError(f"step '{ctx.step_id}': {what}: {exc}") from None
+
+
+@contextlib.contextmanager
 def atomic_target(ctx: StepContext, target: Path) -> Iterator[Path]:
     """Yield a temp path to write; on success fsync it and atomically replace ``target`` with it.
 
@@ -117,10 +138,12 @@ def atomic_target(ctx: StepContext, target: Path) -> Iterator[Path]:
     temp = temp_path(target, ctx)
     try:
         yield temp
-        _fsync_path(temp)
-        os.replace(temp, target)
+        with io_errors(ctx, f"cannot commit {target}"):
+            _fsync_path(temp)
+            os.replace(temp, target)
     except BaseException:
         with contextlib.suppress(OSError):
             temp.unlink()
         raise
-    _fsync_path(target.parent, directory=True)
+    with contextlib.suppress(OSError):  # durability of the rename only; the commit has happened
+        _fsync_path(target.parent, directory=True)

@@ -13,6 +13,7 @@ empty string, so a written file reads back to the same table.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import re
@@ -209,6 +210,10 @@ class CsvExtractor(Source):
             raise TerminalError(f"step '{self.ctx.step_id}': cannot read CSV file {path}: {exc}") from None
         block_size, bytes_per_row = self._block_size(sample)
         reader = self._open_reader(path, block_size)
+        if len(reader.schema) == 1 and (self._file_columns(path) or []) == reader.schema.names:
+            # One column: an empty line is a NULL value (that is how a writer writes it), not a gap.
+            reader.close()
+            reader = self._open_reader(path, block_size, ignore_empty_lines=False)
         names = reader.schema.names
         self._check_types(reader.schema)
         step = self.ctx.step_id
@@ -246,7 +251,9 @@ class CsvExtractor(Source):
         wanted = max(int(per_row * self.ctx.batch_rows), 16 * longest, MIN_BLOCK_BYTES)
         return min(wanted, cap), per_row
 
-    def _open_reader(self, path: Path, block_size: int) -> pacsv.CSVStreamingReader:
+    def _open_reader(
+        self, path: Path, block_size: int, *, ignore_empty_lines: bool = True
+    ) -> pacsv.CSVStreamingReader:
         cfg = self.config
         header = bool(cfg.get("header", True))
         column_names = cfg.get("column_names")
@@ -263,6 +270,7 @@ class CsvExtractor(Source):
             delimiter=str(cfg.get("delimiter", ",")),
             quote_char=quote_char if isinstance(quote_char, str) else False,
             newlines_in_values=bool(cfg.get("newlines_in_values", True)),
+            ignore_empty_lines=ignore_empty_lines,
         )
         types = {name: ARROW_TYPE_NAMES[t] for name, t in (cfg.get("column_types") or {}).items()}
         convert_options = pacsv.ConvertOptions(
@@ -289,20 +297,35 @@ class CsvExtractor(Source):
         except pa.ArrowException as exc:
             raise _parse_error(self.ctx.step_id, path, exc, []) from None
 
-    def _header_hint(self, path: Path) -> str:
+    def _file_columns(self, path: Path) -> list[str] | None:
+        """The file's own column names (before ``columns`` picks some), None if unreadable."""
+        cfg = self.config
+        quote_char = cfg.get("quote_char", '"')
         try:
-            header = pacsv.open_csv(
+            reader = pacsv.open_csv(
                 str(path),
                 read_options=pacsv.ReadOptions(
-                    skip_rows=int(self.config.get("skip_rows", 0)),
-                    encoding=str(self.config.get("encoding", "utf-8")),
-                    autogenerate_column_names=not self.config.get("header", True),
+                    use_threads=False,
+                    skip_rows=int(cfg.get("skip_rows", 0)),
+                    encoding=str(cfg.get("encoding", "utf-8")),
+                    column_names=None if cfg.get("header", True) else cfg.get("column_names"),
+                    autogenerate_column_names=not cfg.get("header", True) and not cfg.get("column_names"),
                 ),
-                parse_options=pacsv.ParseOptions(delimiter=str(self.config.get("delimiter", ","))),
-            ).schema.names
+                parse_options=pacsv.ParseOptions(
+                    delimiter=str(cfg.get("delimiter", ",")),
+                    quote_char=quote_char if isinstance(quote_char, str) else False,
+                    newlines_in_values=bool(cfg.get("newlines_in_values", True)),
+                ),
+            )
         except (pa.ArrowException, OSError):
-            return ""
-        return f"; available columns: {format_columns(header)}"
+            return None
+        names = reader.schema.names
+        reader.close()
+        return names
+
+    def _header_hint(self, path: Path) -> str:
+        names = self._file_columns(path)
+        return "" if names is None else f"; available columns: {format_columns(names)}"
 
     def _check_types(self, schema: pa.Schema) -> None:
         for name in self.config.get("column_types") or {}:
@@ -330,56 +353,48 @@ class CsvWriter(Sink):
             )
         encoding = codec_name(str(cfg.get("encoding", "utf-8"))) or "utf-8"
         append = cfg.get("write_mode", "overwrite") == "append" and target.is_file()
+        what = f"cannot write CSV file {target}"
         rows = 0
-        try:
-            with _files.atomic_target(self.ctx, target) as temp:
+        with _files.atomic_target(self.ctx, target) as temp:
+            with _files.io_errors(self.ctx, what):
                 if append:
                     shutil.copyfile(target, temp)
-                with temp.open("ab" if append else "wb") as handle:
+                handle = temp.open("ab" if append else "wb")
+            writer: pacsv.CSVWriter | None = None
+            try:
+                with _files.io_errors(self.ctx, what):
                     existing = append and target.stat().st_size > 0
                     if existing:
                         encoding = self._prepare_append(target, handle, schema, encoding)
-                    rows = self._write_batches(stream, schema, handle, encoding, header=not existing)
-        except OSError as exc:
-            raise TerminalError(f"step '{step}': cannot write CSV file {target}: {exc}") from None
-        except UnicodeEncodeError as exc:
-            raise TerminalError(
-                f"step '{step}': config.encoding: {exc.object[exc.start : exc.end]!r} cannot be written "
-                f"in {encoding}; choose an encoding that has it (utf-8 has every character)"
-            ) from None
+                    sink = handle if encoding == "utf-8" else Transcoder(handle, encoding)
+                    writer = pacsv.CSVWriter(sink, schema, write_options=self._options(header=not existing))
+                for batch in stream.batches():  # an upstream failure propagates as it is
+                    self.ctx.check_cancelled()
+                    with _files.io_errors(self.ctx, f"{what} after {rows} rows"):
+                        writer.write_batch(batch)
+                    rows += batch.num_rows
+                with _files.io_errors(self.ctx, what):
+                    writer.close()
+                    if isinstance(sink, Transcoder):
+                        sink.finish()
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            finally:
+                if writer is not None:
+                    with contextlib.suppress(Exception):
+                        writer.close()  # no-op after a clean close; releases it after a failure
+                handle.close()
         return WriteResult(rows=rows, bytes=target.stat().st_size, target=str(target))
 
-    def _write_batches(
-        self, stream: RowStream, schema: pa.Schema, handle: Any, encoding: str, *, header: bool
-    ) -> int:
+    def _options(self, *, header: bool) -> pacsv.WriteOptions:
         cfg = self.config
-        options = pacsv.WriteOptions(
+        return pacsv.WriteOptions(
             include_header=bool(cfg.get("header", True)) and header,
             delimiter=str(cfg.get("delimiter", ",")),
             quoting_style=str(cfg.get("quoting", "needed")),
             eol=str(cfg.get("newline", "\n")),
             null_string=str(cfg.get("null_string", "")),
         )
-        sink = handle if encoding == "utf-8" else Transcoder(handle, encoding)
-        rows = 0
-        try:
-            writer = pacsv.CSVWriter(sink, schema, write_options=options)
-            try:
-                for batch in stream.batches():
-                    self.ctx.check_cancelled()
-                    writer.write_batch(batch)
-                    rows += batch.num_rows
-            finally:
-                writer.close()
-        except pa.ArrowException as exc:
-            raise TerminalError(
-                f"step '{self.ctx.step_id}': cannot write CSV after {rows} rows: {exc}"
-            ) from None
-        if isinstance(sink, Transcoder):
-            sink.finish()
-        handle.flush()
-        os.fsync(handle.fileno())
-        return rows
 
     def _prepare_append(self, target: Path, handle: Any, schema: pa.Schema, encoding: str) -> str:
         """Check the existing header matches the stream's columns; end the last line if it is open.

@@ -14,6 +14,7 @@ cannot be appended to in place, so ``write_mode: append`` is rejected when the p
 
 from __future__ import annotations
 
+import contextlib
 import glob
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -263,32 +264,30 @@ class ParquetWriter(Sink):
         schema = stream.schema
         group_rows = int(cfg.get("row_group_size", DEFAULT_ROW_GROUP_ROWS))
         group_bytes = max(1 << 20, self.ctx.memory_limit_bytes // 4)
+        what = f"cannot write Parquet file {target}"
         rows = 0
-        try:
-            with _files.atomic_target(self.ctx, target) as temp:
-                writer = pq.ParquetWriter(
-                    str(temp), schema, compression=COMPRESSIONS[str(cfg.get("compression", "snappy"))]
-                )
-                try:
-                    pending: list[pa.RecordBatch] = []
-                    pending_rows = pending_bytes = 0
-                    for batch in stream.batches():
-                        self.ctx.check_cancelled()
-                        pending.append(batch)
-                        pending_rows += batch.num_rows
-                        pending_bytes += batch.nbytes
-                        if pending_rows >= group_rows or pending_bytes >= group_bytes:
+        with _files.atomic_target(self.ctx, target) as temp:
+            with _files.io_errors(self.ctx, what):
+                compression = COMPRESSIONS[str(cfg.get("compression", "snappy"))]
+                writer = pq.ParquetWriter(str(temp), schema, compression=compression)
+            try:
+                pending: list[pa.RecordBatch] = []
+                pending_rows = pending_bytes = 0
+                for batch in stream.batches():  # an upstream failure propagates as it is
+                    self.ctx.check_cancelled()
+                    pending.append(batch)
+                    pending_rows += batch.num_rows
+                    pending_bytes += batch.nbytes
+                    if pending_rows >= group_rows or pending_bytes >= group_bytes:
+                        with _files.io_errors(self.ctx, f"{what} after {rows} rows"):
                             rows += _flush(writer, pending, schema, group_rows)
-                            pending, pending_rows, pending_bytes = [], 0, 0
+                        pending, pending_rows, pending_bytes = [], 0, 0
+                with _files.io_errors(self.ctx, f"{what} after {rows} rows"):
                     rows += _flush(writer, pending, schema, group_rows)
-                finally:
                     writer.close()
-        except pa.ArrowException as exc:
-            raise TerminalError(
-                f"step '{step}': cannot write Parquet file {target} after {rows} rows: {exc}"
-            ) from None
-        except OSError as exc:
-            raise TerminalError(f"step '{step}': cannot write Parquet file {target}: {exc}") from None
+            finally:
+                with contextlib.suppress(Exception):
+                    writer.close()  # no-op after a clean close; releases the file after a failure
         return WriteResult(rows=rows, bytes=target.stat().st_size, target=str(target))
 
 

@@ -8,6 +8,7 @@ at run time by ``connections.resolve_runtime_config``; compile still checks the 
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -50,9 +51,12 @@ def coerce(text: str, kind: str | None) -> Any:
             raise ValueError("expected an integer") from None
     if kind == "number":
         try:
-            return float(text.strip())
+            number = float(text.strip())
         except ValueError:
             raise ValueError("expected a number") from None
+        if not math.isfinite(number):  # a manifest is JSON: no NaN or infinity
+            raise ValueError("expected a finite number")
+        return number
     if kind == "boolean":
         lowered = text.strip().lower()
         if lowered in _TRUE:

@@ -89,22 +89,15 @@ def describe(schema: Any) -> str:
         return "a valid value"
     if isinstance(types, list):
         return " or ".join(_TYPE_WORDS.get(t, str(t)) for t in types)
-    text = _TYPE_WORDS.get(types, str(types))
-    bounds = []
-    for key, op in (
-        ("minimum", ">="),
-        ("exclusiveMinimum", ">"),
-        ("maximum", "<="),
-        ("exclusiveMaximum", "<"),
-    ):
-        if key in schema:
-            bounds.append(f"{op} {schema[key]}")
+    if types == "string" and schema.get("minLength") == 1:
+        text = "a non-empty string"
+    else:
+        text = _TYPE_WORDS.get(types, str(types))
+    bounds = [f"{op} {schema[key]}" for key, op in _BOUNDS if key in schema]
     if bounds:
         text += " " + " and ".join(bounds)
     if types == "string" and schema.get("minLength", 0) > 1:
         text += f" of at least {schema['minLength']} characters"
-    if types == "string" and schema.get("minLength") == 1:
-        text = "a non-empty string"
     if types == "string" and "pattern" in schema:
         text += f" matching {schema['pattern']}"
     if types == "array" and isinstance(schema.get("items"), Mapping) and "type" in schema["items"]:
@@ -112,11 +105,17 @@ def describe(schema: Any) -> str:
     return text
 
 
+_BOUNDS = (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="), ("exclusiveMaximum", "<"))
+_NOUN = re.compile(r"\b(string|integer|number|list|mapping)\b")
+
+
 def _plural(phrase: str) -> str:
+    """ "a non-empty string" -> "non-empty strings" (for "a list of ...")."""
     for article in ("an ", "a "):
         if phrase.startswith(article):
-            return phrase[len(article) :].replace("string", "strings", 1).replace("integer", "integers", 1)
-    return phrase
+            phrase = phrase[len(article) :]
+            break
+    return _NOUN.sub(r"\1s", phrase, count=1)
 
 
 def _plain(value: Any) -> str:
@@ -180,6 +179,11 @@ def schema_problems(
     return problems
 
 
+def _expected(schema: Any) -> str | None:
+    text = describe(schema)
+    return None if text == "a valid value" else f"expected {text}"
+
+
 def _translate(error: ValidationError) -> list[tuple[Path, str, str | None]]:
     """(extra path below the error's path, message, hint) triples for one jsonschema error."""
     kind = error.validator
@@ -195,13 +199,7 @@ def _translate(error: ValidationError) -> list[tuple[Path, str, str | None]]:
     if kind == "required" and isinstance(value, Mapping):
         props = schema.get("properties", {})
         return [
-            (
-                (name,),
-                f"missing required key '{name}'",
-                f"expected {describe(props.get(name))}"
-                if name in props and describe(props.get(name)) != "a valid value"
-                else None,
-            )
+            ((name,), f"missing required key '{name}'", _expected(props.get(name)))
             for name in error.validator_value
             if name not in value
         ]

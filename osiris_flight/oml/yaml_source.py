@@ -149,6 +149,19 @@ def _index_lines(
             _index_lines(item, (*path, i), lines, seen, problems, file)
 
 
+def _spelled_key(lines: Mapping[YamlPath, int], path: YamlPath, key: Any) -> str | None:
+    """How a non-string key was written (``on`` for True), found among the indexed key texts."""
+    for candidate in lines:
+        if len(candidate) == len(path) + 1 and candidate[:-1] == path and isinstance(candidate[-1], str):
+            try:
+                parsed = yaml.load(candidate[-1], Loader=_Loader)  # _Loader is a SafeLoader
+            except yaml.YAMLError:
+                continue
+            if parsed == key and type(parsed) is type(key):
+                return candidate[-1]
+    return None
+
+
 def _check_plain(
     value: Any,
     path: YamlPath,
@@ -169,6 +182,20 @@ def _check_plain(
         line = next((lines[path[:n]] for n in range(len(path), -1, -1) if path[:n] in lines), None)
         problems.append(Problem(message, file=file, field=format_path(path) or None, line=line, hint=hint))
 
+    def report_key(key: Any) -> None:
+        spelled = _spelled_key(lines, path, key)
+        shown = f"'{spelled}'" if spelled is not None else repr(key)
+        line = lines.get((*path, spelled)) if spelled is not None else None
+        field = format_path(path) or None
+        if isinstance(key, bool):
+            message = f"key {shown} is read as the boolean {str(key).lower()}, not a string"
+            hint = f'YAML reads bare yes/no/on/off as booleans: quote it, e.g. "{spelled or "on"}": ...'
+        else:
+            message, hint = f"key {shown} is not a string", f'quote it, e.g. "{spelled or key}": ...'
+        if line is None:
+            line = next((lines[path[:n]] for n in range(len(path), -1, -1) if path[:n] in lines), None)
+        problems.append(Problem(message, file=file, field=field, line=line, hint=hint))
+
     if isinstance(value, dict | list):
         if id(value) in active:
             report("recursive YAML alias: a value contains itself")
@@ -176,14 +203,8 @@ def _check_plain(
         active.add(id(value))
         if isinstance(value, dict):
             for key, item in value.items():
-                if isinstance(key, bool):
-                    report(
-                        f"key {str(key).lower()} is not a string (YAML reads bare yes/no/on/off as booleans)",
-                        'quote the key, e.g. "on": ...',
-                    )
-                    continue
                 if not isinstance(key, str):
-                    report(f"key {key!r} is not a string", 'quote the key, e.g. "1": ...')
+                    report_key(key)
                     continue
                 _check_plain(item, (*path, key), problems, file, lines, budget, active)
         else:

@@ -153,10 +153,12 @@ def test_duplicate_yaml_keys_are_reported(write):
 
 
 def test_bare_on_key_is_explained(write):
-    text = GOOD.replace("config: {path: in.csv}", "config: {path: in.csv, on: id}")
-    [problem] = problems_of(load_oml, write(text))
-    assert "key true is not a string" in problem.message and "yes/no/on/off" in problem.message
-    assert problem.step == "extract" and problem.field == "config"
+    text = GOOD.replace("config: {path: in.csv}", "config:\n      path: in.csv\n      on: id\n      1: x")
+    problems = problems_of(load_oml, write(text))
+    on = find(problems, "key 'on' is read as the boolean true, not a string")
+    assert (on.step, on.field, on.line) == ("extract", "config", 9)
+    assert on.hint is not None and "yes/no/on/off" in on.hint and '"on":' in on.hint
+    assert find(problems, "key '1' is not a string").line == 10
 
 
 def test_dates_stay_strings_and_unsupported_values_are_reported(write):

@@ -1,0 +1,136 @@
+"""Whole-cluster fixtures: real `osiris-flight` processes, a real coordinator and real workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def cli_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env["OSIRIS_FLIGHT_PLUGINS"] = "tests.chaos"
+    env.pop("OSIRIS_CONNECTIONS_FILE", None)
+    return env
+
+
+@dataclass
+class Result:
+    code: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> Any:
+        return json.loads(self.stdout)
+
+
+def osiris(args: list[str], cwd: Path, timeout: float = 180) -> Result:
+    proc = subprocess.run([str(BIN / "osiris-flight"), *args], cwd=cwd, env=cli_env(), capture_output=True,
+                          text=True, timeout=timeout)
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def start_osiris(args: list[str], cwd: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen([str(BIN / "osiris-flight"), *args], cwd=cwd, env=cli_env(), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def events(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "events.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def latest_run_dir(root: Path) -> Path | None:
+    dirs = sorted(root.glob("run_logs/*/*_*"))
+    return dirs[-1] if dirs else None
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 60, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def worker_pid(cli_pid: int, worker_id: str) -> int | None:
+    """PID of the local worker with this id, under the CLI's process tree."""
+    try:
+        for proc in psutil.Process(cli_pid).children(recursive=True):
+            try:
+                cmd = proc.cmdline()
+            except psutil.Error:
+                continue
+            if "--worker-id" in cmd and cmd[cmd.index("--worker-id") + 1] == worker_id:
+                return proc.pid
+    except psutil.NoSuchProcess:
+        return None
+    return None
+
+
+def engine_processes() -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = proc.info.get("cmdline") or []
+        if any("osiris_flight.cli.daemons" in part for part in cmd) and proc.pid != os.getpid():
+            found.append(proc)
+    return found
+
+
+def assert_no_orphans(timeout: float = 15) -> None:
+    def gone() -> bool:
+        return not [p for p in engine_processes() if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+    wait_until(gone, timeout, "engine processes to exit")
+
+
+def write_events_csv(path: Path, rows: int, seed: int = 7) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    table = pa.table(
+        {
+            "event_id": np.arange(rows, dtype=np.int64),
+            "user_id": rng.integers(1, 5000, rows),
+            "product_id": rng.integers(1, 300, rows),
+            "day": rng.integers(1, 31, rows),
+            "revenue": np.round(rng.gamma(2.0, 20.0, rows), 2),
+        }
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pacsv.write_csv(table, path)
+    return table
+
+
+def read_csv(path: Path) -> pa.Table:
+    return pacsv.read_csv(path)
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path
+    for proc in engine_processes():
+        try:
+            if str(tmp_path) in " ".join(proc.cmdline()) or proc.cwd().startswith(str(tmp_path)):
+                proc.send_signal(signal.SIGKILL)
+        except psutil.Error:
+            pass
