@@ -77,6 +77,7 @@ class Worker:
         self.tasks: dict[tuple[str, str, int], TaskRun] = {}
         self._spills: dict[tuple[str, str, int], list[dict[str, object]]] = {}
         self._stop = threading.Event()
+        self._rejoin = False
         self._zmq = zmq.Context()
         self._inbox_addr = f"inproc://inbox-{uuid.uuid4().hex}"
         self._process = psutil.Process()
@@ -112,9 +113,12 @@ class Worker:
             shutil.rmtree(self.spill_dir, ignore_errors=True)
             self._zmq.term()
 
+    def _register_message(self) -> bytes:
+        return p.encode(p.Register(self.worker_id, socket.gethostname(), os.getpid(), self.options.slots,
+                                   self.flight_uri, self.options.memory_limit_bytes))
+
     def _register(self, sock: zmq.Socket) -> bool:
-        sock.send(p.encode(p.Register(self.worker_id, socket.gethostname(), os.getpid(), self.options.slots,
-                                      self.flight_uri, self.options.memory_limit_bytes)))
+        sock.send(self._register_message())
         deadline = time.monotonic() + self.options.register_timeout_s
         while time.monotonic() < deadline and not self._stop.is_set():
             if sock.poll(200):
@@ -157,6 +161,9 @@ class Worker:
                         break
                     if not self._handle(p.decode(frame)):
                         return 0
+                if self._rejoin:
+                    self._rejoin = False
+                    sock.send(self._register_message())
             now = time.monotonic()
             if self.tasks and now - last_progress >= PROGRESS_INTERVAL_S:
                 rss = self._process.memory_info().rss
@@ -201,7 +208,16 @@ class Worker:
                 log.info("shutdown requested: %s", message.reason)
                 return False
             case p.Reject():
-                log.error("coordinator rejected a message: %s", message.reason)
+                # The coordinator declared us dead (e.g. we were paused past the heartbeat limit) and
+                # has rerun our tasks elsewhere: drop that work and join again as a fresh worker.
+                log.warning("coordinator rejected us (%s); rejoining", message.reason)
+                for task in self.tasks.values():
+                    task.cancel.set()
+                for run_id in {key[0] for key in self.tasks}:
+                    self.store.release_run(run_id, "worker rejoined")
+                self._rejoin = True
+            case p.Welcome():
+                log.info("rejoined the coordinator as %s", message.worker_id)
             case _:
                 log.warning("ignoring unexpected %s", message.op)
         return True

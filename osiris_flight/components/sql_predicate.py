@@ -45,6 +45,8 @@ _TYPED_LITERALS = {
     exp.DataType.Type.DATE: pa.date32(),
     exp.DataType.Type.DATETIME: pa.timestamp("us"),
     exp.DataType.Type.TIMESTAMP: pa.timestamp("us"),
+    exp.DataType.Type.TIMESTAMPTZ: pa.timestamp("us"),  # how sqlglot reads MySQL's TIMESTAMP '...'
+    exp.DataType.Type.TIME: pa.time64("us"),
 }
 _COMPARISONS: dict[type[exp.Expression], Callable[[Any, Any], pc.Expression]] = {
     exp.EQ: lambda a, b: a == b,
@@ -279,14 +281,25 @@ class _Translator:
         return self._coerce(right, left), self._coerce(left, right)
 
     def _coerce(self, other: _Term, term: _Term) -> _Term:
-        """Type a string literal compared with a temporal column as that column's type."""
-        if term.kind != "literal" or not isinstance(term.value, str) or other.column is None:
+        """Type a string or temporal literal compared with a temporal column as that column's type.
+
+        ``day > '2024-01-31'`` compares dates, and ``ts >= DATE '2024-01-31'`` compares timestamps
+        (midnight), as in MySQL.
+        """
+        if term.kind != "literal" or other.column is None or term.scalar is None:
             return term
         if self.schema is None or other.column not in self.schema.names:
             return term
         target = self.schema.field(other.column).type
-        if pa.types.is_temporal(target):
+        if not pa.types.is_temporal(target) or term.scalar.type == target:
+            return term
+        if isinstance(term.value, str):
             return self._typed(self._cast_text(term.value, target))
+        if pa.types.is_temporal(term.scalar.type):
+            try:
+                return self._typed(term.scalar.cast(target))
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                return term  # left to Arrow, which reports the type mismatch
         return term
 
     def _in(self, node: exp.In) -> _Term:

@@ -26,7 +26,19 @@ _MAX_VALUES = 1_000_000  # alias expansion ("billion laughs") guard: values visi
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader without implicit timestamps: dates and times stay strings."""
+    """SafeLoader without implicit timestamps (dates and times stay strings), and with YAML 1.2 keys.
+
+    YAML 1.1 reads a bare ``on``/``off``/``yes``/``no`` as a boolean, also as a mapping key; the
+    milestone's own joiner example writes ``on: ["date"]``. A plain-scalar *key* therefore stays the
+    string it reads as; values keep YAML 1.1's booleans (``header: yes`` still means true).
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag == "tag:yaml.org,2002:bool" \
+                    and key_node.style is None:
+                key_node.tag = "tag:yaml.org,2002:str"
+        return super().construct_mapping(node, deep=deep)
 
 
 _Loader.yaml_implicit_resolvers = {

@@ -200,7 +200,9 @@ def test_writes_other_encodings_and_rejects_missing_characters(tmp_path: Path) -
     write(tmp_path, {"path": str(target), "encoding": "latin-1"}, table)
     assert target.read_bytes() == '"city"\n"Zürich"\n"Besançon"\n'.encode("latin-1")
     target.write_text("keep me")
-    with pytest.raises(TerminalError, match=r"step 'write_csv'.*config\.encoding: '€' cannot be written in latin-1"):
+    with pytest.raises(
+        TerminalError, match=r"step 'write_csv'.*config\.encoding: '€' cannot be written in latin-1"
+    ):
         write(tmp_path, {"path": str(target), "encoding": "latin-1"}, pa.table({"c": ["5 €"]}))
     assert target.read_text() == "keep me"
     assert leftovers(tmp_path) == []

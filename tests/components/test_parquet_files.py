@@ -63,7 +63,9 @@ def test_partitions_split_row_groups_and_cover_every_row_once(tmp_path: Path, pa
 
 
 def test_missing_path_and_empty_glob_are_terminal(tmp_path: Path) -> None:
-    with pytest.raises(TerminalError, match=r"step 'read_pq': config\.path: Parquet file .*nope\.parquet does not"):
+    with pytest.raises(
+        TerminalError, match=r"step 'read_pq': config\.path: Parquet file .*nope\.parquet does not"
+    ):
         read(tmp_path, {"path": str(tmp_path / "nope.parquet")})
     with pytest.raises(TerminalError, match=r"config\.path: glob .*\*\.parquet matches no files"):
         read(tmp_path, {"path": str(tmp_path / "*.parquet")})
@@ -81,7 +83,9 @@ def test_missing_column_names_file_and_available_columns(tmp_path: Path) -> None
 def test_files_with_different_schemas_are_rejected_unless_columns_agree(tmp_path: Path) -> None:
     pq.write_table(numbers(0, 3), tmp_path / "a.parquet")
     pq.write_table(numbers(3, 3).set_column(0, "id", pa.array(["x", "y", "z"])), tmp_path / "b.parquet")
-    with pytest.raises(TerminalError, match=r"b\.parquet does not match the schema of .*a\.parquet \(id: int64 vs string\)"):
+    with pytest.raises(
+        TerminalError, match=r"b\.parquet does not match the schema of .*a\.parquet \(id: int64 vs string\)"
+    ):
         read(tmp_path, {"path": str(tmp_path)})
     assert read(tmp_path, {"path": str(tmp_path), "columns": ["tag"]}).num_rows == 6
 

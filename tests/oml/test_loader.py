@@ -152,13 +152,15 @@ def test_duplicate_yaml_keys_are_reported(write):
     assert (problem.step, problem.field, problem.line) == ("extract", "config.path", 9)
 
 
-def test_bare_on_key_is_explained(write):
-    text = GOOD.replace("config: {path: in.csv}", "config:\n      path: in.csv\n      on: id\n      1: x")
+def test_bare_on_key_is_a_string_key_but_other_scalar_keys_are_reported(write):
+    # The milestone's joiner example writes a bare `on:`; YAML 1.1 would read it as true.
+    text = GOOD.replace("config: {path: in.csv}", "config:\n      path: in.csv\n      on: id\n      2: x")
     problems = problems_of(load_oml, write(text))
-    on = find(problems, "key 'on' is read as the boolean true, not a string")
-    assert (on.step, on.field, on.line) == ("extract", "config", 9)
-    assert on.hint is not None and "yes/no/on/off" in on.hint and '"on":' in on.hint
-    assert find(problems, "key '1' is not a string").line == 10
+    assert not [p for p in problems if "'on'" in p.message]
+    assert find(problems, "key '2' is not a string").line == 10
+    doc = load_oml(write(GOOD.replace("config: {path: in.csv}", "config:\n      path: in.csv\n      on: [id]")))
+    assert doc.steps[0].config["on"] == ["id"]
+    assert load_oml(write(GOOD.replace("path: in.csv", "path: in.csv, header: yes"))).steps[0].config["header"] is True
 
 
 def test_dates_stay_strings_and_unsupported_values_are_reported(write):

@@ -1,0 +1,123 @@
+"""Every kind of invalid input, through the real `osiris-flight` command: exit code 2, a message that
+names the problem, no traceback, nothing run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.cluster.conftest import osiris
+
+GOOD = """\
+oml_version: "0.2.0"
+name: demo
+steps:
+  - id: extract
+    component: filesystem.csv_extractor
+    mode: read
+    config: {path: in.csv}
+  - id: keep
+    component: transform.filter
+    mode: transform
+    depends_on: [extract]
+    config: {where: "amount > 10"}
+  - id: write
+    component: filesystem.csv_writer
+    mode: write
+    depends_on: [keep]
+    config: {path: out.csv}
+"""
+
+CASES = {
+    "yaml_syntax": ("steps: [\n  - id: a\n", "YAML syntax error"),
+    "top_level_not_mapping": ("- just\n- a list\n", "mapping"),
+    "missing_key": (GOOD.replace('name: demo\n', ''), "name"),
+    "forbidden_key": (GOOD.replace("name: demo", "name: demo\nversion: 1"), "version"),
+    "empty_steps": ('oml_version: "0.2.0"\nname: x\nsteps: []\n', "steps"),
+    "duplicate_id": (GOOD.replace("id: keep", "id: extract"), "extract"),
+    "unknown_component": (GOOD.replace("transform.filter", "transform.filtre"), "transform.filter"),
+    "unknown_dependency": (GOOD.replace("depends_on: [keep]", "depends_on: [kept]"), "kept"),
+    "cycle": (GOOD.replace("depends_on: [extract]", "depends_on: [extract, write]"), "->"),
+    "unknown_config_key": (GOOD.replace("config: {path: out.csv}", "config: {path: out.csv, colour: red}"),
+                           "colour"),
+    "missing_required_config": (GOOD.replace('config: {where: "amount > 10"}', "config: {}"), "where"),
+    "wrong_config_type": (GOOD.replace("config: {path: out.csv}", "config: {path: out.csv, header: 3}"),
+                          "header"),
+    "bad_filter_expression": (GOOD.replace("amount > 10", "amount >>> 10"), "where"),
+    "unresolved_param": (GOOD.replace("path: in.csv", "path: \"${params.source}\""), "source"),
+    "unset_env_var": (GOOD.replace("path: in.csv", "path: \"${OSIRIS_TEST_SURELY_UNSET}\""),
+                      "OSIRIS_TEST_SURELY_UNSET"),
+    "unknown_connection": (GOOD.replace("config: {path: in.csv}", 'config: {path: in.csv, connection: "@mysql.nope"}'),
+                           "nope"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_invalid_pipeline_exits_2_with_a_located_message(tmp_path: Path, case: str, command: str) -> None:
+    text, needle = CASES[case]
+    (tmp_path / "p.yaml").write_text(text)
+    result = osiris([command, "p.yaml"], tmp_path)
+    assert result.code == 2, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr + result.stdout
+    assert needle in result.stderr, result.stderr
+    assert result.stderr.startswith("error: p.yaml") or "p.yaml" in result.stderr
+    assert not (tmp_path / "run_logs").exists()  # nothing ran
+
+
+def test_cycle_message_names_the_cycle(tmp_path: Path) -> None:
+    (tmp_path / "p.yaml").write_text(CASES["cycle"][0])
+    result = osiris(["validate", "p.yaml"], tmp_path)
+    assert "keep -> write -> keep" in result.stderr or "write -> keep -> write" in result.stderr, result.stderr
+
+
+def test_json_errors_are_machine_readable(tmp_path: Path) -> None:
+    (tmp_path / "p.yaml").write_text(CASES["unknown_dependency"][0])
+    result = osiris(["validate", "p.yaml", "--json"], tmp_path)
+    assert result.code == 2
+    body = json.loads(result.stdout)
+    assert body["ok"] is False
+    assert body["problems"][0]["step"] == "write"
+
+
+def test_unknown_param_and_profile_on_the_command_line(tmp_path: Path) -> None:
+    (tmp_path / "p.yaml").write_text(GOOD)
+    result = osiris(["validate", "p.yaml", "--param", "nosuch=1"], tmp_path)
+    assert result.code == 2 and "nosuch" in result.stderr
+    result = osiris(["validate", "p.yaml", "--profile", "prod"], tmp_path)
+    assert result.code == 2 and "prod" in result.stderr
+
+
+def test_missing_pipeline_file_and_bad_config_file(tmp_path: Path) -> None:
+    result = osiris(["run", "nope.yaml"], tmp_path)
+    assert result.code == 2 and "nope.yaml" in result.stderr
+    (tmp_path / "p.yaml").write_text(GOOD)
+    (tmp_path / "osiris.yaml").write_text("engine:\n  memory_limit_mb: lots\n")
+    result = osiris(["run", "p.yaml"], tmp_path)
+    assert result.code == 2 and "engine.memory_limit_mb" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_resume_of_unknown_run(tmp_path: Path) -> None:
+    result = osiris(["run", "--resume", "0123456789ab"], tmp_path)
+    assert result.code == 2 and "0123456789ab" in result.stderr
+
+
+def test_secret_never_appears_in_errors_or_manifest(tmp_path: Path) -> None:
+    (tmp_path / "osiris_connections.yaml").write_text(
+        "version: 1\nconnections:\n  mysql:\n    primary:\n      host: localhost\n      user: u\n"
+        "      password: \"${OSIRIS_TEST_PW}\"\n")
+    text = GOOD.replace("config: {path: in.csv}", 'config: {path: in.csv, connection: "@mysql.primary"}')
+    (tmp_path / "p.yaml").write_text(text)
+    import os
+
+    os.environ["OSIRIS_TEST_PW"] = "s3cr3t-hunter2"
+    try:
+        compiled = osiris(["compile", "p.yaml"], tmp_path)
+        bad = osiris(["validate", "p.yaml"], tmp_path)
+    finally:
+        del os.environ["OSIRIS_TEST_PW"]
+    for out in (compiled.stdout, compiled.stderr, bad.stdout, bad.stderr):
+        assert "s3cr3t-hunter2" not in out

@@ -1,0 +1,94 @@
+"""The two daemons started on their own (as on separate hosts), a run submitted with --cluster, and a
+worker that stops answering: only missed heartbeats can tell the coordinator it is gone."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from osiris_flight.cluster.client import Client
+from tests.cluster.conftest import cli_env, events, latest_run_dir, read_csv, start_osiris, wait_until
+from tests.cluster.conftest import write_events_csv
+
+pytestmark = pytest.mark.cluster
+BIN = Path(sys.executable).parent
+
+PIPELINE = """
+oml_version: "0.2.0"
+name: paused_worker
+steps:
+  - id: extract
+    component: filesystem.csv_extractor
+    mode: read
+    config: {path: events.csv}
+  - id: slow
+    component: chaos.slow
+    mode: transform
+    depends_on: [extract]
+    config: {delay_s: 0.3}
+  - id: write
+    component: filesystem.csv_writer
+    mode: write
+    depends_on: [slow]
+    config: {path: out/copy.csv}
+"""
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_worker_that_misses_heartbeats_is_declared_dead_and_its_task_reruns(tmp_path: Path) -> None:
+    table = write_events_csv(tmp_path / "events.csv", 50_000)
+    (tmp_path / "pipeline.yaml").write_text(PIPELINE)
+    (tmp_path / "osiris.yaml").write_text(
+        "engine:\n  heartbeat_interval_s: 0.3\n  heartbeat_misses: 3\n  batch_rows: 4096\n")
+    address = f"tcp://127.0.0.1:{_port()}"
+    env = cli_env()
+    daemons = [subprocess.Popen([str(BIN / "osiris-coordinator"), "--config", "osiris.yaml", "--bind", address],
+                                cwd=tmp_path, env=env)]
+    for name in ("alpha", "beta"):
+        daemons.append(subprocess.Popen(
+            [str(BIN / "osiris-worker"), "--config", "osiris.yaml", "--coordinator", address, "--worker-id", name,
+             "--slots", "1"], cwd=tmp_path, env=env))
+    pids = {"alpha": daemons[1].pid, "beta": daemons[2].pid}
+    stopped: int | None = None
+    try:
+        with Client(address) as client:
+            status = client.wait_for_workers(2, timeout_s=60)
+            assert sorted(w["worker_id"] for w in status.workers) == ["alpha", "beta"]
+        proc = start_osiris(["run", "pipeline.yaml", "--cluster", address, "--json"], tmp_path)
+        run_dir = wait_until(lambda: latest_run_dir(tmp_path), 60, "the run directory")
+        start = wait_until(lambda: next((e for e in events(run_dir) if e["event"] == "task_start"), None), 60,
+                           "the task to start")
+        stopped = pids[start["worker_id"]]
+        os.kill(stopped, signal.SIGSTOP)  # alive, but silent: no exit to notice
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        evs = events(run_dir)
+        lost = [e for e in evs if e["event"] == "worker_lost"]
+        assert lost and lost[0]["worker_id"] == start["worker_id"]
+        assert "missed 3 heartbeats" in lost[0]["reason"]
+        starts = [e for e in evs if e["event"] == "task_start"]
+        assert starts[-1]["worker_id"] != start["worker_id"]
+        got = read_csv(tmp_path / "out/copy.csv")
+        assert got.sort_by("event_id").equals(table.sort_by("event_id"))
+    finally:
+        if stopped is not None:
+            os.kill(stopped, signal.SIGCONT)
+        for d in daemons:
+            d.terminate()
+        for d in daemons:
+            try:
+                d.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                d.kill()
+                d.wait()

@@ -1,0 +1,95 @@
+"""The protocol module, and a real coordinator daemon refusing what it must refuse."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import msgpack
+import pytest
+import zmq
+
+from osiris_flight import protocol as p
+from osiris_flight.errors import ProtocolError
+
+BIN = Path(sys.executable).parent
+
+
+def test_every_message_round_trips() -> None:
+    samples: list[p.Message] = [
+        p.Register("w1", "host", 12, 2, "grpc://127.0.0.1:1", 1 << 20),
+        p.Heartbeat("w1", ["r/t#1"], 10, 20, 30),
+        p.TaskStarted("r", "s0.p0", 1, "w1", 1.5),
+        p.TaskProgress("r", "s0.p0", 1, {"a": {"rows": 3}}, 99),
+        p.TaskFinished("r", "s0.p0", 1, "w1", 1.0, 2.0, {"a": {"rows": 3}}, 3, 24, [{"bytes": 5}]),
+        p.TaskFailed("r", "s0.p0", 1, "w1", "boom", "TerminalError", False, "a"),
+        p.AssignTask("r", "s1.p0", "s1", 0, 1, 2, [{"id": "a"}],
+                     {"a": [{"flight_uri": "grpc://h:1", "ticket": b"\x01"}]}, "exchange", "/tmp/x"),
+        p.SubmitRun("r", "/tmp/logs", {"m": 1}, {"p": 1}, {"@mysql.db": {"password": "x"}}, True, 3, 1024),
+        p.RunFinished("r", "success", "", {"steps": {}}),
+        p.FetchOutput("r", "s0", 2, 3),
+    ]
+    for message in samples:
+        assert p.decode(p.encode(message)) == message
+
+
+def test_ticket_is_a_protocol_message() -> None:
+    ticket = p.FetchOutput("run", "s3", 1, 2)
+    assert p.decode_ticket(p.encode_ticket(ticket)).key == ("run", "s3", 1, 2)
+    with pytest.raises(ProtocolError, match="expected 'fetch_output'"):
+        p.decode_ticket(p.encode(p.Shutdown("x")))
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        ({"v": 999, "op": "shutdown"}, "protocol version 999 is not supported"),
+        ({"op": "shutdown"}, "protocol version None"),
+        ({"v": p.PROTOCOL_VERSION, "op": "launch_missiles"}, "unknown op 'launch_missiles'"),
+        ({"v": p.PROTOCOL_VERSION, "op": "cancel_task", "run_id": "r"}, "missing fields ['attempt', 'task_id']"),
+        ({"v": p.PROTOCOL_VERSION, "op": "shutdown", "extra": 1}, "unknown fields ['extra']"),
+    ],
+)
+def test_decode_rejects_with_a_reason(body: dict, error: str) -> None:
+    with pytest.raises(ProtocolError, match=error.replace("[", r"\[").replace("]", r"\]")):
+        p.decode(msgpack.packb(body))
+
+
+def test_decode_rejects_garbage() -> None:
+    with pytest.raises(ProtocolError, match="undecodable"):
+        p.decode(b"\xc1\xc1\xc1")
+    with pytest.raises(ProtocolError, match="not a map"):
+        p.decode(msgpack.packb([1, 2]))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_coordinator_rejects_a_peer_speaking_another_version() -> None:
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    daemon = subprocess.Popen([str(BIN / "osiris-coordinator"), "--bind", address])
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt_string(zmq.IDENTITY, "old-worker")
+    sock.connect(address)
+    try:
+        future = p.Register("old-worker", "h", 1, 1, "grpc://127.0.0.1:1", 1).to_wire() | {"v": 0}
+        sock.send(msgpack.packb(future))
+        assert sock.poll(10_000), "no answer from the coordinator"
+        reply = p.decode(sock.recv())
+        assert isinstance(reply, p.Reject)
+        assert "protocol version 0 is not supported" in reply.reason
+        # A correct register is welcomed on the same socket.
+        sock.send(p.encode(p.Register("old-worker", "h", 1, 1, "grpc://127.0.0.1:1", 1)))
+        assert sock.poll(10_000)
+        assert isinstance(p.decode(sock.recv()), p.Welcome)
+    finally:
+        sock.close(linger=0)
+        ctx.term()
+        daemon.terminate()
+        daemon.wait(timeout=10)
