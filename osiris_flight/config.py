@@ -65,8 +65,15 @@ class Config:
     source: str | None = None
 
 
-_POSITIVE = {"memory_limit_mb", "workers", "slots_per_worker", "batch_rows", "max_attempts",
-             "heartbeat_interval_s", "heartbeat_misses"}
+_POSITIVE = {
+    "memory_limit_mb",
+    "workers",
+    "slots_per_worker",
+    "batch_rows",
+    "max_attempts",
+    "heartbeat_interval_s",
+    "heartbeat_misses",
+}
 _CHOICES = {"spill_compression": ("zstd", "lz4", "none")}
 
 
@@ -82,8 +89,9 @@ def _section(cls: type, data: Any, file: str, name: str) -> Any:
     for key, value in data.items():
         where = f"{name}.{key}"
         if key not in known:
-            problems.append(Problem("unknown key", file=file, field=where,
-                                    hint="valid keys: " + ", ".join(sorted(known))))
+            problems.append(
+                Problem("unknown key", file=file, field=where, hint="valid keys: " + ", ".join(sorted(known)))
+            )
             continue
         expected = type(getattr(defaults, key))
         if value is None and getattr(defaults, key) is None:
@@ -100,8 +108,14 @@ def _section(cls: type, data: Any, file: str, name: str) -> Any:
             problems.append(Problem(f"must be positive, got {value!r}", file=file, field=where))
             continue
         if key in _CHOICES and value not in _CHOICES[key]:
-            problems.append(Problem(f"invalid value {value!r}", file=file, field=where,
-                                    hint="expected one of: " + ", ".join(_CHOICES[key])))
+            problems.append(
+                Problem(
+                    f"invalid value {value!r}",
+                    file=file,
+                    field=where,
+                    hint="expected one of: " + ", ".join(_CHOICES[key]),
+                )
+            )
             continue
         values[key] = value
     if problems:
@@ -122,8 +136,13 @@ def load_config(path: str | Path | None = None) -> Config:
         raise InvalidInput(Problem("config file not found", file=file)) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        raise InvalidInput(Problem(f"YAML syntax error: {getattr(exc, 'problem', exc)}", file=file,
-                                   line=mark.line + 1 if mark else None)) from None
+        raise InvalidInput(
+            Problem(
+                f"YAML syntax error: {getattr(exc, 'problem', exc)}",
+                file=file,
+                line=mark.line + 1 if mark else None,
+            )
+        ) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -131,8 +150,12 @@ def load_config(path: str | Path | None = None) -> Config:
     allowed = {"engine", "cluster", "run_logs", "connections_file", "plugins"}
     unknown = sorted(set(data) - allowed)
     if unknown:
-        raise InvalidInput([Problem("unknown key", file=file, field=k, hint="valid keys: " + ", ".join(sorted(allowed)))
-                            for k in unknown])
+        raise InvalidInput(
+            [
+                Problem("unknown key", file=file, field=k, hint="valid keys: " + ", ".join(sorted(allowed)))
+                for k in unknown
+            ]
+        )
     plugins = data.get("plugins") or []
     if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
         raise InvalidInput(Problem("must be a list of module names", file=file, field="plugins"))

@@ -54,7 +54,9 @@ def decode(data: bytes) -> Message:
         raise ProtocolError("message is not a map")
     version = body.pop("v", None)
     if version != PROTOCOL_VERSION:
-        raise ProtocolError(f"protocol version {version!r} is not supported (this peer speaks {PROTOCOL_VERSION})")
+        raise ProtocolError(
+            f"protocol version {version!r} is not supported (this peer speaks {PROTOCOL_VERSION})"
+        )
     op = body.pop("op", None)
     cls = _REGISTRY.get(op) if isinstance(op, str) else None
     if cls is None:
@@ -177,8 +179,9 @@ class AssignTask(Message):
     """Run one task attempt. ``steps`` are manifest step dicts of the fused chain, in order.
 
     ``inputs`` maps each upstream step id of the first step to one ``{"flight_uri": str, "ticket":
-    bytes}`` map per partition of its stage, in partition order (the ticket is an encoded FetchOutput). ``connections`` carries resolved connection secrets for the steps that use
-    them; it is never logged or written to disk.
+    bytes}`` map per partition of its stage, in partition order (the ticket is an encoded
+    FetchOutput). ``connections`` carries resolved connection secrets for the steps that use them;
+    it is never logged or written to disk.
     """
 
     op: ClassVar[str] = "assign_task"

@@ -35,9 +35,13 @@ class Flaky(Transform):
     def apply(self, inputs: Mapping[str, RowStream]) -> RowStream:
         (stream,) = inputs.values()
         if self.config.get("terminal"):
-            raise TerminalError(f"step '{self.ctx.step_id}': {self.config.get('message', 'terminal failure')}")
+            raise TerminalError(
+                f"step '{self.ctx.step_id}': {self.config.get('message', 'terminal failure')}"
+            )
         if self.ctx.attempt < int(self.config.get("succeed_on_attempt", 1)):
-            raise TransientError(f"step '{self.ctx.step_id}': transient failure on attempt {self.ctx.attempt}")
+            raise TransientError(
+                f"step '{self.ctx.step_id}': transient failure on attempt {self.ctx.attempt}"
+            )
         return stream
 
 
@@ -47,8 +51,11 @@ COMPONENTS = [
         name="chaos.slow",
         role="transform",
         operator=Slow,
-        config_schema={"type": "object", "additionalProperties": False,
-                       "properties": {"delay_s": {"type": "number", "minimum": 0}}},
+        config_schema={
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {"delay_s": {"type": "number", "minimum": 0}},
+        },
         min_inputs=1,
         max_inputs=1,
         partitionwise=True,
@@ -57,9 +64,15 @@ COMPONENTS = [
         name="chaos.flaky",
         role="transform",
         operator=Flaky,
-        config_schema={"type": "object", "additionalProperties": False,
-                       "properties": {"succeed_on_attempt": {"type": "integer"}, "terminal": {"type": "boolean"},
-                                      "message": {"type": "string"}}},
+        config_schema={
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "succeed_on_attempt": {"type": "integer"},
+                "terminal": {"type": "boolean"},
+                "message": {"type": "string"},
+            },
+        },
         min_inputs=1,
         max_inputs=1,
         partitionwise=True,

@@ -17,7 +17,7 @@ os.environ.setdefault("ACERO_ALIGNMENT_HANDLING", "ignore")
 
 import click
 
-from osiris_flight.config import load_config
+from osiris_flight.config import Config, load_config
 from osiris_flight.errors import InvalidInput
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s"
@@ -27,7 +27,7 @@ def _logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format=LOG_FORMAT, stream=sys.stderr)
 
 
-def _config(path: str | None):  # type: ignore[no-untyped-def]
+def _config(path: str | None) -> Config:
     try:
         return load_config(path)
     except InvalidInput as exc:
@@ -45,9 +45,17 @@ def _config(path: str | None):  # type: ignore[no-untyped-def]
 @click.option("--parent-pid", type=int, default=None, hidden=True)
 @click.option("--announce", is_flag=True, hidden=True, help="print READY <address> on stdout once bound")
 @click.option("--log-level", default="warning", show_default=True)
-def coordinator_main(config_path: str | None, bind: str | None, spawn_workers: int, worker_slots: int | None,
-                     worker_memory_limit_bytes: int | None, spill_dir: str | None, parent_pid: int | None,
-                     announce: bool, log_level: str) -> None:
+def coordinator_main(
+    config_path: str | None,
+    bind: str | None,
+    spawn_workers: int,
+    worker_slots: int | None,
+    worker_memory_limit_bytes: int | None,
+    spill_dir: str | None,
+    parent_pid: int | None,
+    announce: bool,
+    log_level: str,
+) -> None:
     """Run the coordinator: accepts workers and runs, schedules tasks."""
     from osiris_flight.cluster.coordinator import Coordinator, CoordinatorOptions
 
@@ -85,14 +93,26 @@ def coordinator_main(config_path: str | None, bind: str | None, spawn_workers: i
 @click.option("--spill-dir", default=None)
 @click.option("--spill-compression", default=None, type=click.Choice(["zstd", "lz4", "none"]))
 @click.option("--bind-host", default="127.0.0.1", show_default=True, help="interface for the Flight server")
-@click.option("--advertise-host", default=None, help="host name peers use to reach this worker's Flight server")
+@click.option(
+    "--advertise-host", default=None, help="host name peers use to reach this worker's Flight server"
+)
 @click.option("--heartbeat-interval", type=float, default=None)
 @click.option("--parent-pid", type=int, default=None, hidden=True)
 @click.option("--log-level", default="warning", show_default=True)
-def worker_main(config_path: str | None, coordinator: str | None, worker_id: str, slots: int | None,
-                memory_limit_bytes: int | None, spill_dir: str | None, spill_compression: str | None,
-                bind_host: str, advertise_host: str | None, heartbeat_interval: float | None,
-                parent_pid: int | None, log_level: str) -> None:
+def worker_main(
+    config_path: str | None,
+    coordinator: str | None,
+    worker_id: str,
+    slots: int | None,
+    memory_limit_bytes: int | None,
+    spill_dir: str | None,
+    spill_compression: str | None,
+    bind_host: str,
+    advertise_host: str | None,
+    heartbeat_interval: float | None,
+    parent_pid: int | None,
+    log_level: str,
+) -> None:
     """Run a worker: joins a coordinator, runs tasks, serves outputs over Arrow Flight."""
     from osiris_flight.cluster.worker import Worker, WorkerOptions
 
@@ -101,8 +121,10 @@ def worker_main(config_path: str | None, coordinator: str | None, worker_id: str
     engine = config.engine
     address = coordinator or config.cluster.coordinator
     if not address:
-        click.echo("error: no coordinator address: pass --coordinator or set cluster.coordinator in osiris.yaml",
-                   err=True)
+        click.echo(
+            "error: no coordinator address: pass --coordinator or set cluster.coordinator in osiris.yaml",
+            err=True,
+        )
         sys.exit(2)
     options = WorkerOptions(
         coordinator=address,

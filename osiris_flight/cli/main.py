@@ -46,16 +46,31 @@ def _fail(exc: OsirisFlightError, as_json: bool) -> NoReturn:
 def pipeline_options(f: F) -> F:
     f = click.option("--param", "params", multiple=True, metavar="K=V", help="set a pipeline param")(f)
     f = click.option("--profile", default=None, help="params profile to apply")(f)
-    f = click.option("--connections", "connections_file", type=click.Path(), default=None,
-                     help="osiris_connections.yaml (default: $OSIRIS_CONNECTIONS_FILE, then ./)")(f)
-    f = click.option("--config", "config_path", type=click.Path(), default=None,
-                     help="osiris.yaml (default: ./osiris.yaml when present)")(f)
+    f = click.option(
+        "--connections",
+        "connections_file",
+        type=click.Path(),
+        default=None,
+        help="osiris_connections.yaml (default: $OSIRIS_CONNECTIONS_FILE, then ./)",
+    )(f)
+    f = click.option(
+        "--config",
+        "config_path",
+        type=click.Path(),
+        default=None,
+        help="osiris.yaml (default: ./osiris.yaml when present)",
+    )(f)
     f = click.option("--json", "as_json", is_flag=True, help="machine-readable output")(f)
     return f
 
 
-def _compile(pipeline: str, params: tuple[str, ...], profile: str | None, connections_file: str | None,
-             config_path: str | None) -> tuple[Config, Any, Any, Any]:
+def _compile(
+    pipeline: str,
+    params: tuple[str, ...],
+    profile: str | None,
+    connections_file: str | None,
+    config_path: str | None,
+) -> tuple[Config, Any, Any, Any]:
     from osiris_flight.components.registry import build_registry
     from osiris_flight.oml.compile import compile_pipeline
     from osiris_flight.oml.params import parse_param_args
@@ -63,8 +78,13 @@ def _compile(pipeline: str, params: tuple[str, ...], profile: str | None, connec
 
     config = load_config(config_path)
     registry = build_registry(config.plugins)
-    manifest = compile_pipeline(pipeline, registry, params=parse_param_args(params), profile=profile,
-                                connections_file=connections_file or config.connections_file)
+    manifest = compile_pipeline(
+        pipeline,
+        registry,
+        params=parse_param_args(params),
+        profile=profile,
+        connections_file=connections_file or config.connections_file,
+    )
     return config, registry, manifest, plan_manifest(manifest, registry)
 
 
@@ -77,16 +97,30 @@ def cli() -> None:
 @cli.command()
 @click.argument("pipeline", type=click.Path())
 @pipeline_options
-def validate(pipeline: str, params: tuple[str, ...], profile: str | None, connections_file: str | None,
-             config_path: str | None, as_json: bool) -> None:
+def validate(
+    pipeline: str,
+    params: tuple[str, ...],
+    profile: str | None,
+    connections_file: str | None,
+    config_path: str | None,
+    as_json: bool,
+) -> None:
     """Check a pipeline: syntax, steps, dependencies, component configs, params, connections."""
     try:
         _, _, manifest, plan = _compile(pipeline, params, profile, connections_file, config_path)
     except OsirisFlightError as exc:
         _fail(exc, as_json)
     if as_json:
-        click.echo(json.dumps({"ok": True, "pipeline": manifest.name, "steps": len(manifest.steps),
-                               "stages": len(plan.stages)}))
+        click.echo(
+            json.dumps(
+                {
+                    "ok": True,
+                    "pipeline": manifest.name,
+                    "steps": len(manifest.steps),
+                    "stages": len(plan.stages),
+                }
+            )
+        )
     else:
         click.echo(f"{pipeline}: valid ({len(manifest.steps)} steps, {len(plan.stages)} stages)")
 
@@ -95,8 +129,15 @@ def validate(pipeline: str, params: tuple[str, ...], profile: str | None, connec
 @click.argument("pipeline", type=click.Path())
 @pipeline_options
 @click.option("--out", type=click.Path(), default=None, help="write the manifest here instead of stdout")
-def compile_cmd(pipeline: str, params: tuple[str, ...], profile: str | None, connections_file: str | None,
-                config_path: str | None, as_json: bool, out: str | None) -> None:
+def compile_cmd(
+    pipeline: str,
+    params: tuple[str, ...],
+    profile: str | None,
+    connections_file: str | None,
+    config_path: str | None,
+    as_json: bool,
+    out: str | None,
+) -> None:
     """Compile to a deterministic, secret-free manifest (JSON, with sha256 fingerprints)."""
     try:
         _, _, manifest, _ = _compile(pipeline, params, profile, connections_file, config_path)
@@ -105,8 +146,11 @@ def compile_cmd(pipeline: str, params: tuple[str, ...], profile: str | None, con
     text = manifest.to_json()
     if out:
         Path(out).write_text(text, encoding="utf-8")
-        click.echo(json.dumps({"ok": True, "manifest": out, "fingerprint": manifest.fingerprint()})
-                   if as_json else f"wrote {out} (sha256 {manifest.fingerprint()})")
+        click.echo(
+            json.dumps({"ok": True, "manifest": out, "fingerprint": manifest.fingerprint()})
+            if as_json
+            else f"wrote {out} (sha256 {manifest.fingerprint()})"
+        )
     else:
         click.echo(text, nl=False)
 
@@ -114,8 +158,14 @@ def compile_cmd(pipeline: str, params: tuple[str, ...], profile: str | None, con
 @cli.command()
 @click.argument("pipeline", type=click.Path())
 @pipeline_options
-def plan(pipeline: str, params: tuple[str, ...], profile: str | None, connections_file: str | None,
-         config_path: str | None, as_json: bool) -> None:
+def plan(
+    pipeline: str,
+    params: tuple[str, ...],
+    profile: str | None,
+    connections_file: str | None,
+    config_path: str | None,
+    as_json: bool,
+) -> None:
     """Show the stages, tasks, fused chains and exchanges a pipeline runs as."""
     from osiris_flight.oml.plan import describe_plan
 
@@ -124,8 +174,16 @@ def plan(pipeline: str, params: tuple[str, ...], profile: str | None, connection
     except OsirisFlightError as exc:
         _fail(exc, as_json)
     if as_json:
-        click.echo(json.dumps({"pipeline": manifest.name, **physical.to_dict(),
-                               "exchanges": [list(e) for e in physical.exchanges()]}, indent=2))
+        click.echo(
+            json.dumps(
+                {
+                    "pipeline": manifest.name,
+                    **physical.to_dict(),
+                    "exchanges": [list(e) for e in physical.exchanges()],
+                },
+                indent=2,
+            )
+        )
     else:
         click.echo(describe_plan(physical, manifest))
 
@@ -134,14 +192,29 @@ def plan(pipeline: str, params: tuple[str, ...], profile: str | None, connection
 @click.argument("pipeline", type=click.Path(), required=False)
 @pipeline_options
 @click.option("--resume", "resume_id", default=None, metavar="RUN_ID", help="continue a failed or killed run")
-@click.option("--cluster", default=None, help="coordinator address (default: start an embedded local cluster)")
+@click.option(
+    "--cluster", default=None, help="coordinator address (default: start an embedded local cluster)"
+)
 @click.option("--workers", type=int, default=None, help="local workers (default: one per CPU)")
 @click.option("--memory-limit-mb", type=int, default=None, help="batch-store budget before spilling")
-@click.option("--run-logs", default=None, type=click.Path(), help="root of run directories (default: run_logs)")
+@click.option(
+    "--run-logs", default=None, type=click.Path(), help="root of run directories (default: run_logs)"
+)
 @click.option("--quiet", is_flag=True, help="no progress output, only the summary")
-def run(pipeline: str | None, params: tuple[str, ...], profile: str | None, connections_file: str | None,
-        config_path: str | None, as_json: bool, resume_id: str | None, cluster: str | None, workers: int | None,
-        memory_limit_mb: int | None, run_logs: str | None, quiet: bool) -> None:
+def run(
+    pipeline: str | None,
+    params: tuple[str, ...],
+    profile: str | None,
+    connections_file: str | None,
+    config_path: str | None,
+    as_json: bool,
+    resume_id: str | None,
+    cluster: str | None,
+    workers: int | None,
+    memory_limit_mb: int | None,
+    run_logs: str | None,
+    quiet: bool,
+) -> None:
     """Run a pipeline (or --resume a run) and show live progress."""
     from osiris_flight.cli.run_command import RunRequest, execute
 
@@ -149,16 +222,32 @@ def run(pipeline: str | None, params: tuple[str, ...], profile: str | None, conn
         _fail(InvalidInput(Problem("give a pipeline file, or --resume RUN_ID")), as_json)
     try:
         config = with_overrides(load_config(config_path), workers=workers, memory_limit_mb=memory_limit_mb)
-        request = RunRequest(pipeline=pipeline, params=params, profile=profile,
-                             connections_file=connections_file or config.connections_file, resume_id=resume_id,
-                             cluster=cluster or config.cluster.coordinator,
-                             run_logs=Path(run_logs or config.run_logs).resolve(), quiet=quiet or as_json)
+        request = RunRequest(
+            pipeline=pipeline,
+            params=params,
+            profile=profile,
+            connections_file=connections_file or config.connections_file,
+            resume_id=resume_id,
+            cluster=cluster or config.cluster.coordinator,
+            run_logs=Path(run_logs or config.run_logs).resolve(),
+            quiet=quiet or as_json,
+        )
         outcome = execute(config, request, console)
     except OsirisFlightError as exc:
         _fail(exc, as_json)
     if as_json:
-        click.echo(json.dumps({"run_id": outcome.run_id, "status": outcome.status, "error": outcome.error or None,
-                               "summary": outcome.summary}, indent=2, default=str))
+        click.echo(
+            json.dumps(
+                {
+                    "run_id": outcome.run_id,
+                    "status": outcome.status,
+                    "error": outcome.error or None,
+                    "summary": outcome.summary,
+                },
+                indent=2,
+                default=str,
+            )
+        )
     sys.exit(outcome.exit_code)
 
 
@@ -173,9 +262,16 @@ def runs(run_logs: str, limit: int, as_json: bool) -> None:
     rows = []
     for run_dir in list_runs(Path(run_logs))[:limit]:
         status = run_dir.read_status()
-        rows.append({"run_id": run_dir.run_id, "pipeline": run_dir.pipeline, "status": status.get("status"),
-                     "started_at": status.get("started_at"), "error": status.get("error"),
-                     "run_dir": str(run_dir.path)})
+        rows.append(
+            {
+                "run_id": run_dir.run_id,
+                "pipeline": run_dir.pipeline,
+                "status": status.get("status"),
+                "started_at": status.get("started_at"),
+                "error": status.get("error"),
+                "run_dir": str(run_dir.path),
+            }
+        )
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return

@@ -110,8 +110,9 @@ class ProgressView:
             table.add_column(column, justify="right" if column.startswith("rows") else "left")
         for step_id, step in self.steps.items():
             style = STATE_STYLE.get(step.state, "")
-            table.add_row(step_id, step.component, f"[{style}]{step.state}[/]", f"{step.rows:,}",
-                          _human(step.rate(now)))
+            table.add_row(
+                step_id, step.component, f"[{style}]{step.state}[/]", f"{step.rows:,}", _human(step.rate(now))
+            )
         return table
 
 

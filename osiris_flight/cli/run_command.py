@@ -58,12 +58,20 @@ def _manifest(config: Config, request: RunRequest) -> tuple[Manifest, str]:
         try:
             manifest = Manifest.from_dict(json.loads(run_dir.manifest.read_text(encoding="utf-8")))
         except (OSError, ValueError, KeyError) as exc:
-            raise InvalidInput(Problem(f"cannot read the manifest of run {request.resume_id}: {exc}",
-                                       file=str(run_dir.manifest))) from None
+            raise InvalidInput(
+                Problem(
+                    f"cannot read the manifest of run {request.resume_id}: {exc}", file=str(run_dir.manifest)
+                )
+            ) from None
         return manifest, run_dir.run_id
     assert request.pipeline is not None
-    manifest = compile_pipeline(request.pipeline, registry, params=parse_param_args(request.params),
-                                profile=request.profile, connections_file=request.connections_file)
+    manifest = compile_pipeline(
+        request.pipeline,
+        registry,
+        params=parse_param_args(request.params),
+        profile=request.profile,
+        connections_file=request.connections_file,
+    )
     return manifest, new_run_id()
 
 
@@ -71,9 +79,16 @@ def execute(config: Config, request: RunRequest, console: Console) -> RunOutcome
     manifest, run_id = _manifest(config, request)
     plan = plan_manifest(manifest, build_registry(config.plugins))
     connections = resolve_connections(manifest, request.connections_file)
-    submit = p.SubmitRun(run_id=run_id, run_logs=str(request.run_logs), manifest=manifest.to_dict(),
-                         plan=plan.to_dict(), connections=connections, resume=request.resume_id is not None,
-                         max_attempts=config.engine.max_attempts, batch_rows=config.engine.batch_rows)
+    submit = p.SubmitRun(
+        run_id=run_id,
+        run_logs=str(request.run_logs),
+        manifest=manifest.to_dict(),
+        plan=plan.to_dict(),
+        connections=connections,
+        resume=request.resume_id is not None,
+        max_attempts=config.engine.max_attempts,
+        batch_rows=config.engine.batch_rows,
+    )
     local = None if request.cluster else LocalCluster(config)
     interrupted = threading.Event()
     previous = signal.signal(signal.SIGINT, lambda *_: interrupted.set())
@@ -89,8 +104,14 @@ def execute(config: Config, request: RunRequest, console: Console) -> RunOutcome
         signal.signal(signal.SIGINT, previous)
 
 
-def _follow(client: Client, submit: p.SubmitRun, manifest: Manifest, request: RunRequest, console: Console,
-            interrupted: threading.Event) -> RunOutcome:
+def _follow(
+    client: Client,
+    submit: p.SubmitRun,
+    manifest: Manifest,
+    request: RunRequest,
+    console: Console,
+    interrupted: threading.Event,
+) -> RunOutcome:
     steps = {s.id: StepView(s.component) for s in manifest.steps}
     cancel_sent_at: float | None = None
     if not request.quiet:
@@ -101,10 +122,14 @@ def _follow(client: Client, submit: p.SubmitRun, manifest: Manifest, request: Ru
             if interrupted.is_set() and cancel_sent_at is None:
                 client.cancel(submit.run_id, "interrupted (Ctrl-C)")
                 cancel_sent_at = time.monotonic()
-            if cancel_sent_at is not None:
-                if time.monotonic() - cancel_sent_at > CANCEL_GRACE_S:
-                    return RunOutcome(submit.run_id, "cancelled", "interrupted; the coordinator did not confirm",
-                                      {}, EXIT_INTERRUPTED)
+            if cancel_sent_at is not None and time.monotonic() - cancel_sent_at > CANCEL_GRACE_S:
+                return RunOutcome(
+                    submit.run_id,
+                    "cancelled",
+                    "interrupted; the coordinator did not confirm",
+                    {},
+                    EXIT_INTERRUPTED,
+                )
             if isinstance(message, p.RunEvent):
                 view.event(message.event)
             elif isinstance(message, p.RunFinished):

@@ -59,8 +59,10 @@ class Client:
             if len(status.workers) >= count:
                 return status
             if time.monotonic() > deadline:
+                joined = len(status.workers)
                 raise CoordinatorUnreachable(
-                    f"only {len(status.workers)} of {count} workers joined {self.address} in {timeout_s:.0f} s")
+                    f"only {joined} of {count} workers joined {self.address} in {timeout_s:.0f} s"
+                )
             time.sleep(0.05)
 
     def run(self, submit: p.SubmitRun, accept_timeout_s: float = 30.0) -> Iterator[p.Message]:

@@ -161,15 +161,31 @@ class Coordinator:
     # -- local worker processes ----------------------------------------------------------------
     def _spawn(self, worker_id: str) -> None:
         o = self.options
-        cmd = [sys.executable, "-m", "osiris_flight.cli.daemons", "worker", "--coordinator", self.address,
-               "--worker-id", worker_id, "--slots", str(o.worker_slots),
-               "--memory-limit-bytes", str(o.worker_memory_limit_bytes),
-               "--heartbeat-interval", str(o.heartbeat_interval_s),
-               "--spill-compression", o.spill_compression, "--parent-pid", str(os.getpid())]
+        cmd = [
+            sys.executable,
+            "-m",
+            "osiris_flight.cli.daemons",
+            "worker",
+            "--coordinator",
+            self.address,
+            "--worker-id",
+            worker_id,
+            "--slots",
+            str(o.worker_slots),
+            "--memory-limit-bytes",
+            str(o.worker_memory_limit_bytes),
+            "--heartbeat-interval",
+            str(o.heartbeat_interval_s),
+            "--spill-compression",
+            o.spill_compression,
+            "--parent-pid",
+            str(os.getpid()),
+        ]
         if o.spill_dir:
             cmd += ["--spill-dir", o.spill_dir]
-        process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                                   preexec_fn=_die_with_parent)
+        process = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent
+        )
         self.children[process.pid] = LocalChild(worker_id, process)
         assert process.stdout is not None
         os.set_blocking(process.stdout.fileno(), False)
@@ -224,9 +240,11 @@ class Coordinator:
                 if worker_id not in self.workers:
                     self._send(identity, p.Reject(f"unknown worker {worker_id!r}: register again"))
                 else:
-                    self.workers[worker_id].stats = {"rss_bytes": message.rss_bytes,
-                                                     "store_bytes": message.store_bytes,
-                                                     "spilled_bytes": message.spilled_bytes}
+                    self.workers[worker_id].stats = {
+                        "rss_bytes": message.rss_bytes,
+                        "store_bytes": message.store_bytes,
+                        "spilled_bytes": message.spilled_bytes,
+                    }
             case p.TaskStarted():
                 if (run := self.runs.get(message.run_id)) and self._is_current(message):
                     run.tracker.task_started(message)
@@ -236,24 +254,51 @@ class Coordinator:
             case p.TaskFinished():
                 if (run := self.runs.get(message.run_id)) and self._is_current(message):
                     run.tracker.task_finished(message)
-                self._feed(s.TaskSucceeded(message.run_id, message.task_id, message.attempt,
-                                           message.worker_id, time.monotonic()))
+                self._feed(
+                    s.TaskSucceeded(
+                        message.run_id, message.task_id, message.attempt, message.worker_id, time.monotonic()
+                    )
+                )
             case p.TaskFailed():
                 if (run := self.runs.get(message.run_id)) and self._is_current(message):
                     run.tracker.task_failed(message)
-                self._feed(s.TaskFailed(message.run_id, message.task_id, message.attempt, message.worker_id,
-                                        message.error, message.transient, time.monotonic()))
+                self._feed(
+                    s.TaskFailed(
+                        message.run_id,
+                        message.task_id,
+                        message.attempt,
+                        message.worker_id,
+                        message.error,
+                        message.transient,
+                        time.monotonic(),
+                    )
+                )
             case p.Goodbye():
                 self._lose_worker(worker_id, f"said goodbye: {message.reason}")
             case p.SubmitRun():
                 self._submit(identity, message)
             case p.CancelRun():
-                self._feed(s.RunCancelled(message.run_id, message.reason or "cancelled by client", time.monotonic()))
+                self._feed(
+                    s.RunCancelled(message.run_id, message.reason or "cancelled by client", time.monotonic())
+                )
             case p.ClusterStatusRequest():
-                self._send(identity, p.ClusterStatus(
-                    workers=[{"worker_id": w.worker_id, "host": w.host, "pid": w.pid, "slots": w.slots,
-                              "flight_uri": w.flight_uri, **w.stats} for w in self.workers.values()],
-                    runs=list(self.runs)))
+                self._send(
+                    identity,
+                    p.ClusterStatus(
+                        workers=[
+                            {
+                                "worker_id": w.worker_id,
+                                "host": w.host,
+                                "pid": w.pid,
+                                "slots": w.slots,
+                                "flight_uri": w.flight_uri,
+                                **w.stats,
+                            }
+                            for w in self.workers.values()
+                        ],
+                        runs=list(self.runs),
+                    ),
+                )
             case p.Shutdown():
                 self._shutdown_requested_by = identity
             case _:
@@ -272,11 +317,16 @@ class Coordinator:
             return
         if msg.worker_id in self.workers:
             self._lose_worker(msg.worker_id, "registered again")
-        self.workers[msg.worker_id] = WorkerInfo(msg.worker_id, identity, msg.flight_uri, msg.slots,
-                                                 time.monotonic(), msg.pid, msg.host)
-        self._send(identity, p.Welcome(msg.worker_id, self.options.heartbeat_interval_s, list(self.options.plugins)))
+        self.workers[msg.worker_id] = WorkerInfo(
+            msg.worker_id, identity, msg.flight_uri, msg.slots, time.monotonic(), msg.pid, msg.host
+        )
+        self._send(
+            identity, p.Welcome(msg.worker_id, self.options.heartbeat_interval_s, list(self.options.plugins))
+        )
         for run in self.runs.values():
-            run.tracker.cluster_event("worker_joined", worker_id=msg.worker_id, host=msg.host, slots=msg.slots)
+            run.tracker.cluster_event(
+                "worker_joined", worker_id=msg.worker_id, host=msg.host, slots=msg.slots
+            )
         log.info("worker %s joined (%s, %d slots)", msg.worker_id, msg.flight_uri, msg.slots)
         self._feed(s.WorkerJoined(msg.worker_id, msg.slots, time.monotonic()))
 
@@ -305,14 +355,17 @@ class Coordinator:
                 run_dir = find_run(root, msg.run_id)
                 journal = read_journal(run_dir.journal)
                 if journal.manifest_fingerprint not in (None, manifest.fingerprint()):
-                    raise ValueError(f"run {msg.run_id} was started from a different manifest; "
-                                     "resume it with the pipeline it was started with")
+                    raise ValueError(
+                        f"run {msg.run_id} was started from a different manifest; "
+                        "resume it with the pipeline it was started with"
+                    )
                 committed = journal.committed
             else:
                 run_dir = RunDir.create(root, manifest.name, msg.run_id)
                 run_dir.manifest.write_text(manifest.to_json(), encoding="utf-8")
-                run_dir.plan.write_text(json.dumps(plan.to_dict(), indent=2, sort_keys=True) + "\n",
-                                        encoding="utf-8")
+                run_dir.plan.write_text(
+                    json.dumps(plan.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8"
+                )
         except (InvalidInput, JournalError, ValueError, KeyError, OSError) as exc:
             error = str(exc)
             self._send(client, p.RunFinished(msg.run_id, "failed", f"cannot start run: {error}"))
@@ -324,13 +377,20 @@ class Coordinator:
         def forward(event: dict[str, Any], client: bytes = client, run_id: str = msg.run_id) -> None:
             self._send(client, p.RunEvent(run_id, event))
 
-        tracker = RunTracker(run_dir, manifest, plan, resumed=msg.resume, committed=committed, forward=forward)
-        self.runs[msg.run_id] = ActiveRun(tracker, client, manifest, plan, msg.connections,
-                                          batch_rows=msg.batch_rows)
-        instructions = self.scheduler.handle(s.RunSubmitted(msg.run_id, plan, time.monotonic(), msg.max_attempts,
-                                                            frozenset(committed)))
-        skipped = sorted(t.task_id for t in self.scheduler.runs[msg.run_id].tasks.values()
-                         if t.status in (s.Status.SKIPPED, s.Status.DONE))
+        tracker = RunTracker(
+            run_dir, manifest, plan, resumed=msg.resume, committed=committed, forward=forward
+        )
+        self.runs[msg.run_id] = ActiveRun(
+            tracker, client, manifest, plan, msg.connections, batch_rows=msg.batch_rows
+        )
+        instructions = self.scheduler.handle(
+            s.RunSubmitted(msg.run_id, plan, time.monotonic(), msg.max_attempts, frozenset(committed))
+        )
+        skipped = sorted(
+            t.task_id
+            for t in self.scheduler.runs[msg.run_id].tasks.values()
+            if t.status in (s.Status.SKIPPED, s.Status.DONE)
+        )
         self._send(client, p.RunAccepted(msg.run_id, str(run_dir.path), skipped))
         tracker.start(skipped)
         self._execute(instructions)
@@ -346,7 +406,9 @@ class Coordinator:
                     self._assign(ins)
                 case s.Cancel():
                     if worker := self.workers.get(ins.worker_id):
-                        self._send(worker.identity, p.CancelTask(ins.run_id, ins.task_id, ins.attempt, ins.reason))
+                        self._send(
+                            worker.identity, p.CancelTask(ins.run_id, ins.task_id, ins.attempt, ins.reason)
+                        )
                 case s.Release():
                     if worker := self.workers.get(ins.worker_id):
                         self._send(worker.identity, p.ReleaseOutputs(ins.run_id, ins.task_id, ins.attempt))
@@ -376,9 +438,23 @@ class Coordinator:
         refs = {ref for step in steps for ref in _connection_refs(step["config"])}
         connections = {ref: run.connections[ref] for ref in sorted(refs) if ref in run.connections}
         run.tracker.assigned(ins.task_id, ins.attempt, ins.worker_id)
-        self._send(worker.identity, p.AssignTask(
-            ins.run_id, ins.task_id, stage_id, partition, stage.partitions, ins.attempt, steps, inputs,
-            stage.output, str(run.tracker.run_dir.artifacts), connections, run.batch_rows))
+        self._send(
+            worker.identity,
+            p.AssignTask(
+                ins.run_id,
+                ins.task_id,
+                stage_id,
+                partition,
+                stage.partitions,
+                ins.attempt,
+                steps,
+                inputs,
+                stage.output,
+                str(run.tracker.run_dir.artifacts),
+                connections,
+                run.batch_rows,
+            ),
+        )
 
     def _finish_run(self, run_id: str, status: str, error: str, failed_task: str | None = None) -> None:
         run = self.runs.pop(run_id, None)

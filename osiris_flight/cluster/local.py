@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 
 from osiris_flight.cluster.client import Client, CoordinatorUnreachable
@@ -29,16 +28,37 @@ class LocalCluster:
 
     def start(self) -> str:
         engine = self.config.engine
-        cmd = [sys.executable, "-m", "osiris_flight.cli.daemons", "coordinator", "--bind", "tcp://127.0.0.1:*",
-               "--spawn-workers", str(engine.workers), "--worker-slots", str(engine.slots_per_worker),
-               "--worker-memory-limit-bytes", str(max(1, engine.memory_limit_bytes // engine.workers)),
-               "--parent-pid", str(os.getpid()), "--announce", "--log-level", self.log_level]
+        cmd = [
+            sys.executable,
+            "-m",
+            "osiris_flight.cli.daemons",
+            "coordinator",
+            "--bind",
+            "tcp://127.0.0.1:*",
+            "--spawn-workers",
+            str(engine.workers),
+            "--worker-slots",
+            str(engine.slots_per_worker),
+            "--worker-memory-limit-bytes",
+            str(max(1, engine.memory_limit_bytes // engine.workers)),
+            "--parent-pid",
+            str(os.getpid()),
+            "--announce",
+            "--log-level",
+            self.log_level,
+        ]
         if self.config.source:
             cmd += ["--config", self.config.source]
         if engine.spill_dir:
             cmd += ["--spill-dir", engine.spill_dir]
-        self.process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
-                                        start_new_session=True, preexec_fn=_die_with_parent)
+        self.process = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
         assert self.process.stdout is not None
         line = self.process.stdout.readline().strip()
         if not line.startswith("READY "):
@@ -57,7 +77,7 @@ class LocalCluster:
                 with Client(self.address) as client:
                     client.shutdown()
                     client.receive(timeout_s)
-            except Exception:  # noqa: BLE001 - stopping must go on whatever the socket says
+            except Exception:  # stopping must go on whatever the socket says
                 pass
         try:
             self.process.wait(timeout=timeout_s)
@@ -89,12 +109,3 @@ class LocalCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def wait_for(predicate, timeout_s: float, interval_s: float = 0.05) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval_s)
-    return False

@@ -95,11 +95,22 @@ class RunTracker:
                     self.steps[step_id].state = "failed"
                     self.telemetry.event("step_failed", step_id=step_id, error=error)
         summary = self.summary(now)
-        self.telemetry.event("run_end", status=status, error=error or None,
-                             duration_ms=summary["duration_ms"], steps=summary["steps"])
+        self.telemetry.event(
+            "run_end",
+            status=status,
+            error=error or None,
+            duration_ms=summary["duration_ms"],
+            steps=summary["steps"],
+        )
         self.journal.ended(status)
-        self.run_dir.write_status(status=status, error=error or None, started_at=self.started_at,
-                                  finished_at=now, resumed=self.resumed, summary=summary)
+        self.run_dir.write_status(
+            status=status,
+            error=error or None,
+            started_at=self.started_at,
+            finished_at=now,
+            resumed=self.resumed,
+            summary=summary,
+        )
         self.telemetry.close()
         self.journal.close()
         self.finished = True
@@ -110,10 +121,19 @@ class RunTracker:
         steps = {}
         for step_id, sp in self.steps.items():
             duration = ((sp.finished_at or now) - sp.started_at) if sp.started_at else 0.0
-            steps[step_id] = {"state": sp.state, "rows": sp.rows, "duration_ms": round(duration * 1000, 1),
-                              **({"target": sp.target} if sp.target else {})}
-        return {"duration_ms": round((now - self.started_at) * 1000, 1), "steps": steps,
-                "spilled_bytes": self.spilled_bytes, "retries": self.retries, "run_dir": str(self.run_dir.path)}
+            steps[step_id] = {
+                "state": sp.state,
+                "rows": sp.rows,
+                "duration_ms": round(duration * 1000, 1),
+                **({"target": sp.target} if sp.target else {}),
+            }
+        return {
+            "duration_ms": round((now - self.started_at) * 1000, 1),
+            "steps": steps,
+            "spilled_bytes": self.spilled_bytes,
+            "retries": self.retries,
+            "run_dir": str(self.run_dir.path),
+        }
 
     # -- scheduler decisions -------------------------------------------------------------------
     def assigned(self, task_id: str, attempt: int, worker_id: str) -> None:
@@ -121,8 +141,9 @@ class RunTracker:
 
     def retry(self, task_id: str, attempt: int, reason: str, delay_s: float, counted: bool) -> None:
         self.retries += 1
-        self.telemetry.event("task_retry", task_id=task_id, attempt=attempt, reason=reason,
-                             delay_s=delay_s, counted=counted)
+        self.telemetry.event(
+            "task_retry", task_id=task_id, attempt=attempt, reason=reason, delay_s=delay_s, counted=counted
+        )
         self._reset_steps(task_id)
 
     def recompute(self, task_id: str, reason: str) -> None:
@@ -145,29 +166,55 @@ class RunTracker:
     # -- worker reports ------------------------------------------------------------------------
     def task_started(self, msg: p.TaskStarted) -> None:
         stage = self.plan.stage(parse_task_id(msg.task_id)[0])
-        self.telemetry.event("task_start", at=msg.started_at, task_id=msg.task_id, attempt=msg.attempt,
-                             worker_id=msg.worker_id, steps=list(stage.steps))
+        self.telemetry.event(
+            "task_start",
+            at=msg.started_at,
+            task_id=msg.task_id,
+            attempt=msg.attempt,
+            worker_id=msg.worker_id,
+            steps=list(stage.steps),
+        )
         for step_id in stage.steps:
             sp = self.steps[step_id]
             if sp.started_at is None:
                 sp.started_at = msg.started_at
                 sp.state = "running"
-                self.telemetry.event("step_start", at=msg.started_at, step_id=step_id,
-                                     component=self.manifest.step(step_id).component, task_id=msg.task_id)
+                self.telemetry.event(
+                    "step_start",
+                    at=msg.started_at,
+                    step_id=step_id,
+                    component=self.manifest.step(step_id).component,
+                    task_id=msg.task_id,
+                )
 
     def task_progress(self, msg: p.TaskProgress) -> None:
         for step_id, counters in msg.steps.items():
             if step_id in self.steps:
                 self.steps[step_id].rows_by_task[msg.task_id] = int(counters.get("rows", 0))
-        self.forward({"event": "progress", "t": time.time(), "run_id": self.run_id, "rss_bytes": msg.rss_bytes,
-                      "steps": {s: {"rows": sp.rows, "state": sp.state} for s, sp in self.steps.items()}})
+        self.forward(
+            {
+                "event": "progress",
+                "t": time.time(),
+                "run_id": self.run_id,
+                "rss_bytes": msg.rss_bytes,
+                "steps": {s: {"rows": sp.rows, "state": sp.state} for s, sp in self.steps.items()},
+            }
+        )
 
     def task_finished(self, msg: p.TaskFinished) -> None:
         stage = self.plan.stage(parse_task_id(msg.task_id)[0])
         duration_ms = round((msg.finished_at - msg.started_at) * 1000, 1)
-        self.telemetry.event("task_complete", at=msg.finished_at, task_id=msg.task_id, attempt=msg.attempt,
-                             worker_id=msg.worker_id, duration_ms=duration_ms, output_rows=msg.output_rows,
-                             output_bytes=msg.output_bytes, steps=msg.steps)
+        self.telemetry.event(
+            "task_complete",
+            at=msg.finished_at,
+            task_id=msg.task_id,
+            attempt=msg.attempt,
+            worker_id=msg.worker_id,
+            duration_ms=duration_ms,
+            output_rows=msg.output_rows,
+            output_bytes=msg.output_bytes,
+            steps=msg.steps,
+        )
         self.telemetry.metric("task_duration_ms", duration_ms, task_id=msg.task_id)
         for spill in msg.spills:
             self.spilled_bytes += int(spill.get("bytes", 0))
@@ -192,8 +239,14 @@ class RunTracker:
         sp.finished_at = at
         duration_ms = round((at - (sp.started_at or at)) * 1000, 1)
         mode = self.manifest.step(step_id).mode
-        self.telemetry.event("step_complete", at=at, step_id=step_id, rows_processed=sp.rows,
-                             duration_ms=duration_ms, **({"target": sp.target} if sp.target else {}))
+        self.telemetry.event(
+            "step_complete",
+            at=at,
+            step_id=step_id,
+            rows_processed=sp.rows,
+            duration_ms=duration_ms,
+            **({"target": sp.target} if sp.target else {}),
+        )
         self.telemetry.metric("rows_processed", sp.rows, at=at, step=step_id)
         self.telemetry.metric("step_duration_ms", duration_ms, at=at, step=step_id)
         if mode == "read":
@@ -202,6 +255,13 @@ class RunTracker:
             self.telemetry.metric("rows_written", sp.rows, at=at, step=step_id)
 
     def task_failed(self, msg: p.TaskFailed) -> None:
-        self.telemetry.event("task_failed", task_id=msg.task_id, attempt=msg.attempt, worker_id=msg.worker_id,
-                             step_id=msg.step_id, error=msg.error, error_type=msg.error_type,
-                             transient=msg.transient)
+        self.telemetry.event(
+            "task_failed",
+            task_id=msg.task_id,
+            attempt=msg.attempt,
+            worker_id=msg.worker_id,
+            step_id=msg.step_id,
+            error=msg.error,
+            error_type=msg.error_type,
+            transient=msg.transient,
+        )

@@ -274,8 +274,10 @@ class Scheduler:
             if t.task_id in ev.committed:
                 t.status = Status.DONE
         for t in sorted(tasks.values(), key=lambda t: -t.order):
-            if t.status is Status.PENDING and t.consumers and all(
-                tasks[c].status in (Status.DONE, Status.SKIPPED) for c in t.consumers
+            if (
+                t.status is Status.PENDING
+                and t.consumers
+                and all(tasks[c].status in (Status.DONE, Status.SKIPPED) for c in t.consumers)
             ):
                 t.status = Status.SKIPPED
         self._check_run_done(run, out)
@@ -369,8 +371,9 @@ class Scheduler:
         self._free_slot(t)
         t.disturbances += 1
         if t.disturbances > run.max_disturbances:
-            self._fail_run(run, f"task {t.task_id} was disturbed {t.disturbances} times; last: {reason}",
-                           t.task_id, out)
+            self._fail_run(
+                run, f"task {t.task_id} was disturbed {t.disturbances} times; last: {reason}", t.task_id, out
+            )
             return
         t.status = Status.PENDING
         t.worker = None
@@ -401,8 +404,10 @@ class Scheduler:
 
     def _maybe_release(self, t: TaskState, out: list[Instruction]) -> None:
         run = self.runs[t.run_id]
-        if t.output_available and not t.released and all(
-            run.tasks[c].status is Status.DONE for c in t.consumers
+        if (
+            t.output_available
+            and not t.released
+            and all(run.tasks[c].status is Status.DONE for c in t.consumers)
         ):
             self._release(t, out)
 
@@ -456,8 +461,12 @@ class Scheduler:
                 if worker is None:
                     return
                 inputs = tuple(
-                    InputLocation(run.tasks[d].stage.id, run.tasks[d].partition,
-                                  run.tasks[d].worker or "", run.tasks[d].attempt)
+                    InputLocation(
+                        run.tasks[d].stage.id,
+                        run.tasks[d].partition,
+                        run.tasks[d].worker or "",
+                        run.tasks[d].attempt,
+                    )
                     for d in t.deps
                 )
                 t.attempt += 1

@@ -69,8 +69,12 @@ class Worker:
         self.spill_dir.mkdir(parents=True, exist_ok=True)
         self.work_dir = self.spill_dir / "work"
         self.work_dir.mkdir(exist_ok=True)
-        self.store = BatchStore(options.memory_limit_bytes, self.spill_dir,
-                                compression=options.spill_compression, on_spill=self._on_spill)
+        self.store = BatchStore(
+            options.memory_limit_bytes,
+            self.spill_dir,
+            compression=options.spill_compression,
+            on_spill=self._on_spill,
+        )
         self.flight = FlightDataServer(self.store, f"grpc://{options.bind_host}:0")
         self.clients = FlightClientPool()
         self.registry = build_registry()
@@ -114,8 +118,16 @@ class Worker:
             self._zmq.term()
 
     def _register_message(self) -> bytes:
-        return p.encode(p.Register(self.worker_id, socket.gethostname(), os.getpid(), self.options.slots,
-                                   self.flight_uri, self.options.memory_limit_bytes))
+        return p.encode(
+            p.Register(
+                self.worker_id,
+                socket.gethostname(),
+                os.getpid(),
+                self.options.slots,
+                self.flight_uri,
+                self.options.memory_limit_bytes,
+            )
+        )
 
     def _register(self, sock: zmq.Socket) -> bool:
         sock.send(self._register_message())
@@ -169,16 +181,24 @@ class Worker:
                 rss = self._process.memory_info().rss
                 for task in list(self.tasks.values()):
                     spec = task.spec
-                    sock.send(p.encode(p.TaskProgress(spec.run_id, spec.task_id, spec.attempt, task.progress(), rss)))
+                    sock.send(
+                        p.encode(
+                            p.TaskProgress(spec.run_id, spec.task_id, spec.attempt, task.progress(), rss)
+                        )
+                    )
                 last_progress = last_sent = now
             if now - last_sent >= interval:
-                sock.send(p.encode(p.Heartbeat(
-                    self.worker_id,
-                    running=[f"{k[0]}/{k[1]}#{k[2]}" for k in self.tasks],
-                    rss_bytes=self._process.memory_info().rss,
-                    store_bytes=self.store.bytes_in_memory,
-                    spilled_bytes=self.store.bytes_spilled_total,
-                )))
+                sock.send(
+                    p.encode(
+                        p.Heartbeat(
+                            self.worker_id,
+                            running=[f"{k[0]}/{k[1]}#{k[2]}" for k in self.tasks],
+                            rss_bytes=self._process.memory_info().rss,
+                            store_bytes=self.store.bytes_in_memory,
+                            spilled_bytes=self.store.bytes_spilled_total,
+                        )
+                    )
+                )
                 last_sent = now
             if self._parent_gone():
                 log.warning("parent process is gone; worker %s stops", self.worker_id)
@@ -224,14 +244,26 @@ class Worker:
 
     def _start_task(self, msg: p.AssignTask) -> None:
         spec = TaskSpec(
-            run_id=msg.run_id, task_id=msg.task_id, stage_id=msg.stage_id, partition=msg.partition,
-            partitions=msg.partitions, attempt=msg.attempt, steps=msg.steps, output=msg.output,
-            output_dir=Path(msg.output_dir), batch_rows=msg.batch_rows, connections=msg.connections,
+            run_id=msg.run_id,
+            task_id=msg.task_id,
+            stage_id=msg.stage_id,
+            partition=msg.partition,
+            partitions=msg.partitions,
+            attempt=msg.attempt,
+            steps=msg.steps,
+            output=msg.output,
+            output_dir=Path(msg.output_dir),
+            batch_rows=msg.batch_rows,
+            connections=msg.connections,
         )
         task = TaskRun(spec)
         self.tasks[(msg.run_id, msg.task_id, msg.attempt)] = task
-        thread = threading.Thread(target=self._run_task, args=(task, msg.inputs),
-                                  name=f"task-{msg.task_id}#{msg.attempt}", daemon=True)
+        thread = threading.Thread(
+            target=self._run_task,
+            args=(task, msg.inputs),
+            name=f"task-{msg.task_id}#{msg.attempt}",
+            daemon=True,
+        )
         thread.start()
 
     def _run_task(self, task: TaskRun, inputs: dict[str, list[dict[str, object]]]) -> None:
@@ -239,29 +271,53 @@ class Worker:
         key = (spec.run_id, spec.task_id, spec.attempt)
         push = self._zmq.socket(zmq.PUSH)
         push.connect(self._inbox_addr)
-        push.send(p.encode(p.TaskStarted(spec.run_id, spec.task_id, spec.attempt, self.worker_id, task.started_at)))
+        push.send(
+            p.encode(p.TaskStarted(spec.run_id, spec.task_id, spec.attempt, self.worker_id, task.started_at))
+        )
 
         def open_input(step_id: str) -> RowStream:
-            pairs = [(str(s["flight_uri"]), p.decode_ticket(s["ticket"]))  # type: ignore[arg-type]
-                     for s in inputs.get(step_id, [])]
+            pairs = [
+                (str(s["flight_uri"]), p.decode_ticket(s["ticket"]))  # type: ignore[arg-type]
+                for s in inputs.get(step_id, [])
+            ]
             return self.clients.read_many(pairs, name=step_id)
 
         work_dir = self.work_dir / spec.run_id / f"{spec.task_id}-{spec.attempt}"
         work_dir.mkdir(parents=True, exist_ok=True)
         try:
-            result = run_task(task, self.registry, self.store, open_input, work_dir=work_dir,
-                              memory_limit_bytes=self.options.memory_limit_bytes)
+            result = run_task(
+                task,
+                self.registry,
+                self.store,
+                open_input,
+                work_dir=work_dir,
+                memory_limit_bytes=self.options.memory_limit_bytes,
+            )
             reply: p.Message = p.TaskFinished(
-                spec.run_id, spec.task_id, spec.attempt, self.worker_id, task.started_at, time.time(),
-                result.steps, result.output_rows, result.output_bytes,
+                spec.run_id,
+                spec.task_id,
+                spec.attempt,
+                self.worker_id,
+                task.started_at,
+                time.time(),
+                result.steps,
+                result.output_rows,
+                result.output_bytes,
                 self._spills.pop((spec.run_id, spec.stage_id, spec.partition), []),
             )
         except BaseException as exc:  # a task must always report, whatever it raised
             if not isinstance(exc, Cancelled):
                 log.debug("task %s failed:\n%s", spec.task_id, traceback.format_exc())
-            reply = p.TaskFailed(spec.run_id, spec.task_id, spec.attempt, self.worker_id,
-                                 error=_describe(exc), error_type=type(exc).__name__,
-                                 transient=is_transient(exc), step_id=task.current_step)
+            reply = p.TaskFailed(
+                spec.run_id,
+                spec.task_id,
+                spec.attempt,
+                self.worker_id,
+                error=_describe(exc),
+                error_type=type(exc).__name__,
+                transient=is_transient(exc),
+                step_id=task.current_step,
+            )
         finally:
             shutil.rmtree(work_dir, ignore_errors=True)
         self.tasks.pop(key, None)
@@ -274,9 +330,11 @@ class Worker:
             return
         run_id, stage_id, partition, _attempt = key
         self._spills.setdefault((run_id, stage_id, partition), []).append(
-            {"bytes": int(getattr(event, "bytes_written_to_disk", 0)),
-             "batches": int(getattr(event, "batches", 0)),
-             "memory_before": int(getattr(event, "bytes_in_memory_before", 0))}
+            {
+                "bytes": int(getattr(event, "bytes_written_to_disk", 0)),
+                "batches": int(getattr(event, "batches", 0)),
+                "memory_before": int(getattr(event, "bytes_in_memory_before", 0)),
+            }
         )
 
 

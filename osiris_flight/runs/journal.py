@@ -44,8 +44,15 @@ class Journal:
         self._append({"type": "run_start", "manifest": manifest_fingerprint, "resumed": resumed})
 
     def committed(self, task_id: str, attempt: int, output: str, steps: dict[str, Any]) -> None:
-        self._append({"type": "task_committed", "task_id": task_id, "attempt": attempt, "output": output,
-                      "steps": steps})
+        self._append(
+            {
+                "type": "task_committed",
+                "task_id": task_id,
+                "attempt": attempt,
+                "output": output,
+                "steps": steps,
+            }
+        )
 
     def checkpoint(self, task_id: str, token: str) -> None:
         self._append({"type": "checkpoint", "task_id": task_id, "token": token})

@@ -107,7 +107,9 @@ def run_task(
         task.current_step = step_id
         component = registry.get(step["component"])
         if component is None:
-            raise TerminalError(f"step '{step_id}': component {step['component']!r} is not installed on this worker")
+            raise TerminalError(
+                f"step '{step_id}': component {step['component']!r} is not installed on this worker"
+            )
         ctx = StepContext(
             step_id=step_id,
             component=step["component"],
@@ -146,7 +148,9 @@ def run_task(
             stream = None
             break
         else:
-            raise TerminalError(f"step '{step_id}': {type(operator).__name__} is not a Source, Transform or Sink")
+            raise TerminalError(
+                f"step '{step_id}': {type(operator).__name__} is not a Source, Transform or Sink"
+            )
         stream = counted(stream, _counter(counters, ctx))
         previous = step_id
 

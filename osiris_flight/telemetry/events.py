@@ -85,15 +85,24 @@ class Telemetry:
         self.common = common
 
     def event(self, name: str, *, at: float | None = None, **fields: Any) -> dict[str, Any]:
-        record = {**_stamp(at if at is not None else time.time()), "event": name, **self.common,
-                  **mask_secrets(fields)}
+        record = {
+            **_stamp(at if at is not None else time.time()),
+            "event": name,
+            **self.common,
+            **mask_secrets(fields),
+        }
         for sink in self.sinks:
             sink.event(record)
         return record
 
     def metric(self, name: str, value: float, *, at: float | None = None, **tags: Any) -> None:
-        record = {**_stamp(at if at is not None else time.time()), "metric": name, "value": value,
-                  **self.common, **mask_secrets(tags)}
+        record = {
+            **_stamp(at if at is not None else time.time()),
+            "metric": name,
+            "value": value,
+            **self.common,
+            **mask_secrets(tags),
+        }
         for sink in self.sinks:
             sink.metric(record)
 

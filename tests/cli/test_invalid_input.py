@@ -33,24 +33,32 @@ steps:
 CASES = {
     "yaml_syntax": ("steps: [\n  - id: a\n", "YAML syntax error"),
     "top_level_not_mapping": ("- just\n- a list\n", "mapping"),
-    "missing_key": (GOOD.replace('name: demo\n', ''), "name"),
+    "missing_key": (GOOD.replace("name: demo\n", ""), "name"),
     "forbidden_key": (GOOD.replace("name: demo", "name: demo\nversion: 1"), "version"),
     "empty_steps": ('oml_version: "0.2.0"\nname: x\nsteps: []\n', "steps"),
     "duplicate_id": (GOOD.replace("id: keep", "id: extract"), "extract"),
     "unknown_component": (GOOD.replace("transform.filter", "transform.filtre"), "transform.filter"),
     "unknown_dependency": (GOOD.replace("depends_on: [keep]", "depends_on: [kept]"), "kept"),
     "cycle": (GOOD.replace("depends_on: [extract]", "depends_on: [extract, write]"), "->"),
-    "unknown_config_key": (GOOD.replace("config: {path: out.csv}", "config: {path: out.csv, colour: red}"),
-                           "colour"),
+    "unknown_config_key": (
+        GOOD.replace("config: {path: out.csv}", "config: {path: out.csv, colour: red}"),
+        "colour",
+    ),
     "missing_required_config": (GOOD.replace('config: {where: "amount > 10"}', "config: {}"), "where"),
-    "wrong_config_type": (GOOD.replace("config: {path: out.csv}", "config: {path: out.csv, header: 3}"),
-                          "header"),
+    "wrong_config_type": (
+        GOOD.replace("config: {path: out.csv}", "config: {path: out.csv, header: 3}"),
+        "header",
+    ),
     "bad_filter_expression": (GOOD.replace("amount > 10", "amount >>> 10"), "where"),
-    "unresolved_param": (GOOD.replace("path: in.csv", "path: \"${params.source}\""), "source"),
-    "unset_env_var": (GOOD.replace("path: in.csv", "path: \"${OSIRIS_TEST_SURELY_UNSET}\""),
-                      "OSIRIS_TEST_SURELY_UNSET"),
-    "unknown_connection": (GOOD.replace("config: {path: in.csv}", 'config: {path: in.csv, connection: "@mysql.nope"}'),
-                           "nope"),
+    "unresolved_param": (GOOD.replace("path: in.csv", 'path: "${params.source}"'), "source"),
+    "unset_env_var": (
+        GOOD.replace("path: in.csv", 'path: "${OSIRIS_TEST_SURELY_UNSET}"'),
+        "OSIRIS_TEST_SURELY_UNSET",
+    ),
+    "unknown_connection": (
+        GOOD.replace("config: {path: in.csv}", 'config: {path: in.csv, connection: "@mysql.nope"}'),
+        "nope",
+    ),
 }
 
 
@@ -70,7 +78,9 @@ def test_invalid_pipeline_exits_2_with_a_located_message(tmp_path: Path, case: s
 def test_cycle_message_names_the_cycle(tmp_path: Path) -> None:
     (tmp_path / "p.yaml").write_text(CASES["cycle"][0])
     result = osiris(["validate", "p.yaml"], tmp_path)
-    assert "keep -> write -> keep" in result.stderr or "write -> keep -> write" in result.stderr, result.stderr
+    assert "keep -> write -> keep" in result.stderr or "write -> keep -> write" in result.stderr, (
+        result.stderr
+    )
 
 
 def test_json_errors_are_machine_readable(tmp_path: Path) -> None:
@@ -108,7 +118,8 @@ def test_resume_of_unknown_run(tmp_path: Path) -> None:
 def test_secret_never_appears_in_errors_or_manifest(tmp_path: Path) -> None:
     (tmp_path / "osiris_connections.yaml").write_text(
         "version: 1\nconnections:\n  mysql:\n    primary:\n      host: localhost\n      user: u\n"
-        "      password: \"${OSIRIS_TEST_PW}\"\n")
+        '      password: "${OSIRIS_TEST_PW}"\n'
+    )
     text = GOOD.replace("config: {path: in.csv}", 'config: {path: in.csv, connection: "@mysql.primary"}')
     (tmp_path / "p.yaml").write_text(text)
     import os

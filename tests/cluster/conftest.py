@@ -42,14 +42,26 @@ class Result:
 
 
 def osiris(args: list[str], cwd: Path, timeout: float = 180) -> Result:
-    proc = subprocess.run([str(BIN / "osiris-flight"), *args], cwd=cwd, env=cli_env(), capture_output=True,
-                          text=True, timeout=timeout)
+    proc = subprocess.run(
+        [str(BIN / "osiris-flight"), *args],
+        cwd=cwd,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
 def start_osiris(args: list[str], cwd: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen([str(BIN / "osiris-flight"), *args], cwd=cwd, env=cli_env(), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [str(BIN / "osiris-flight"), *args],
+        cwd=cwd,
+        env=cli_env(),
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def events(run_dir: Path) -> list[dict[str, Any]]:

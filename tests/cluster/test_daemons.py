@@ -13,8 +13,15 @@ from pathlib import Path
 import pytest
 
 from osiris_flight.cluster.client import Client
-from tests.cluster.conftest import cli_env, events, latest_run_dir, read_csv, start_osiris, wait_until
-from tests.cluster.conftest import write_events_csv
+from tests.cluster.conftest import (
+    cli_env,
+    events,
+    latest_run_dir,
+    read_csv,
+    start_osiris,
+    wait_until,
+    write_events_csv,
+)
 
 pytestmark = pytest.mark.cluster
 BIN = Path(sys.executable).parent
@@ -50,15 +57,35 @@ def test_worker_that_misses_heartbeats_is_declared_dead_and_its_task_reruns(tmp_
     table = write_events_csv(tmp_path / "events.csv", 50_000)
     (tmp_path / "pipeline.yaml").write_text(PIPELINE)
     (tmp_path / "osiris.yaml").write_text(
-        "engine:\n  heartbeat_interval_s: 0.3\n  heartbeat_misses: 3\n  batch_rows: 4096\n")
+        "engine:\n  heartbeat_interval_s: 0.3\n  heartbeat_misses: 3\n  batch_rows: 4096\n"
+    )
     address = f"tcp://127.0.0.1:{_port()}"
     env = cli_env()
-    daemons = [subprocess.Popen([str(BIN / "osiris-coordinator"), "--config", "osiris.yaml", "--bind", address],
-                                cwd=tmp_path, env=env)]
+    daemons = [
+        subprocess.Popen(
+            [str(BIN / "osiris-coordinator"), "--config", "osiris.yaml", "--bind", address],
+            cwd=tmp_path,
+            env=env,
+        )
+    ]
     for name in ("alpha", "beta"):
-        daemons.append(subprocess.Popen(
-            [str(BIN / "osiris-worker"), "--config", "osiris.yaml", "--coordinator", address, "--worker-id", name,
-             "--slots", "1"], cwd=tmp_path, env=env))
+        daemons.append(
+            subprocess.Popen(
+                [
+                    str(BIN / "osiris-worker"),
+                    "--config",
+                    "osiris.yaml",
+                    "--coordinator",
+                    address,
+                    "--worker-id",
+                    name,
+                    "--slots",
+                    "1",
+                ],
+                cwd=tmp_path,
+                env=env,
+            )
+        )
     pids = {"alpha": daemons[1].pid, "beta": daemons[2].pid}
     stopped: int | None = None
     try:
@@ -67,11 +94,14 @@ def test_worker_that_misses_heartbeats_is_declared_dead_and_its_task_reruns(tmp_
             assert sorted(w["worker_id"] for w in status.workers) == ["alpha", "beta"]
         proc = start_osiris(["run", "pipeline.yaml", "--cluster", address, "--json"], tmp_path)
         run_dir = wait_until(lambda: latest_run_dir(tmp_path), 60, "the run directory")
-        start = wait_until(lambda: next((e for e in events(run_dir) if e["event"] == "task_start"), None), 60,
-                           "the task to start")
+        start = wait_until(
+            lambda: next((e for e in events(run_dir) if e["event"] == "task_start"), None),
+            60,
+            "the task to start",
+        )
         stopped = pids[start["worker_id"]]
         os.kill(stopped, signal.SIGSTOP)  # alive, but silent: no exit to notice
-        out, err = proc.communicate(timeout=120)
+        _, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
         evs = events(run_dir)
         lost = [e for e in evs if e["event"] == "worker_lost"]

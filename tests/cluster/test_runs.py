@@ -74,8 +74,9 @@ SLOW_USERS = """- id: slow_users
 
 def parallel_pipeline(workdir: Path, rows: int, slow: bool = False) -> pa.Table:
     table = write_events_csv(workdir / "events.csv", rows)
-    text = PARALLEL.format(slow_users=SLOW_USERS if slow else "",
-                           users_step="slow_users" if slow else "aggregate_users")
+    text = PARALLEL.format(
+        slow_users=SLOW_USERS if slow else "", users_step="slow_users" if slow else "aggregate_users"
+    )
     (workdir / "pipeline.yaml").write_text(textwrap.dedent(text))
     return table
 
@@ -135,13 +136,15 @@ def test_sigkilled_worker_mid_run_gives_identical_output(workdir: Path) -> None:
         run_dir = wait_until(lambda: latest_run_dir(workdir), 60, "the run directory")
 
         def slow_task_start() -> dict | None:
-            return next((e for e in events(run_dir) if e["event"] == "task_start"
-                         and "slow_users" in e["steps"]), None)
+            return next(
+                (e for e in events(run_dir) if e["event"] == "task_start" and "slow_users" in e["steps"]),
+                None,
+            )
 
         start = wait_until(slow_task_start, 60, "the slow task to start")
         pid = wait_until(lambda: worker_pid(proc.pid, start["worker_id"]), 10, "the worker's pid")
         os.kill(pid, signal.SIGKILL)
-        out, err = proc.communicate(timeout=180)
+        _, err = proc.communicate(timeout=180)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -288,7 +291,8 @@ def test_transient_failure_is_retried_and_the_run_succeeds(workdir: Path) -> Non
 def test_terminal_failure_fails_the_run_with_the_real_message_and_leaves_no_target(workdir: Path) -> None:
     write_events_csv(workdir / "events.csv", 10_000)
     (workdir / "pipeline.yaml").write_text(
-        FLAKY.format(flaky_config='{terminal: true, message: "column amount is not numeric"}'))
+        FLAKY.format(flaky_config='{terminal: true, message: "column amount is not numeric"}')
+    )
     result = osiris(["run", "pipeline.yaml", "--workers", "1"], workdir)
     assert result.code == 1
     assert "column amount is not numeric" in result.stdout

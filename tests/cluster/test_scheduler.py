@@ -89,7 +89,9 @@ def test_transient_failure_retries_with_backoff_on_another_worker():
     s = cluster(("w1", 1), ("w2", 1))
     plan = Plan((Stage("s0", ("a", "w"), output="sink"),))
     first = of(Assign, s.handle(RunSubmitted("r", plan, now=0.0)))[0]
-    out = s.handle(TaskFailed("r", "s0.p0", first.attempt, first.worker_id, "lost connection", True, now=10.0))
+    out = s.handle(
+        TaskFailed("r", "s0.p0", first.attempt, first.worker_id, "lost connection", True, now=10.0)
+    )
     retry = of(Retry, out)[0]
     assert retry.counted and retry.delay_s > 0
     assert not of(Assign, out)  # backing off

@@ -158,9 +158,14 @@ def test_bare_on_key_is_a_string_key_but_other_scalar_keys_are_reported(write):
     problems = problems_of(load_oml, write(text))
     assert not [p for p in problems if "'on'" in p.message]
     assert find(problems, "key '2' is not a string").line == 10
-    doc = load_oml(write(GOOD.replace("config: {path: in.csv}", "config:\n      path: in.csv\n      on: [id]")))
+    doc = load_oml(
+        write(GOOD.replace("config: {path: in.csv}", "config:\n      path: in.csv\n      on: [id]"))
+    )
     assert doc.steps[0].config["on"] == ["id"]
-    assert load_oml(write(GOOD.replace("path: in.csv", "path: in.csv, header: yes"))).steps[0].config["header"] is True
+    assert (
+        load_oml(write(GOOD.replace("path: in.csv", "path: in.csv, header: yes"))).steps[0].config["header"]
+        is True
+    )
 
 
 def test_dates_stay_strings_and_unsupported_values_are_reported(write):
