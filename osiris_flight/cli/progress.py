@@ -25,6 +25,7 @@ class StepView:
     rows: int = 0
     started: float | None = None
     finished: float | None = None
+    rss_bytes: int = 0
 
     def rate(self, now: float) -> float:
         if self.started is None:
@@ -54,7 +55,6 @@ class ProgressView:
     steps: dict[str, StepView]
     live: bool = field(default_factory=lambda: sys.stdout.isatty())
     quiet: bool = False
-    rss_bytes: int = 0
     console: Console = field(default_factory=lambda: Console(stderr=False))
     _live: Live | None = None
 
@@ -78,10 +78,10 @@ class ProgressView:
         step = self.steps.get(str(ev.get("step_id")))
         now = float(ev.get("t", time.time()))
         if name == "progress":
-            self.rss_bytes = int(ev.get("rss_bytes", 0))
             for step_id, info in ev.get("steps", {}).items():
                 if step_id in self.steps:
                     self.steps[step_id].rows = int(info.get("rows", 0))
+                    self.steps[step_id].rss_bytes = int(info.get("rss_bytes", 0))
         elif name == "step_start" and step:
             step.state, step.started = "running", now
             self._say(f"  start     {ev['step_id']} ({step.component})")
@@ -105,13 +105,16 @@ class ProgressView:
 
     def _table(self) -> Table:
         now = time.time()
-        table = Table(title=f"osiris-flight  memory {_bytes(self.rss_bytes)} (busiest worker)", expand=False)
-        for column in ("step", "component", "state", "rows", "rows/s"):
-            table.add_column(column, justify="right" if column.startswith("rows") else "left")
+        table = Table(title="osiris-flight", expand=False)
+        # memory: resident size of the worker process running the step (last progress report).
+        for column in ("step", "component", "state", "rows", "rows/s", "memory"):
+            table.add_column(column, justify="left" if column in ("step", "component", "state") else "right")
         for step_id, step in self.steps.items():
             style = STATE_STYLE.get(step.state, "")
+            memory = _bytes(step.rss_bytes) if step.rss_bytes else ""
+            rate = _human(step.rate(now))
             table.add_row(
-                step_id, step.component, f"[{style}]{step.state}[/]", f"{step.rows:,}", _human(step.rate(now))
+                step_id, step.component, f"[{style}]{step.state}[/]", f"{step.rows:,}", rate, memory
             )
         return table
 

@@ -28,6 +28,7 @@ class StepProgress:
     rows_by_task: dict[str, int] = field(default_factory=dict)
     bytes_by_task: dict[str, int] = field(default_factory=dict)
     target: str | None = None
+    rss_bytes: int = 0  # resident memory of the worker process running this step, last report
 
     @property
     def rows(self) -> int:
@@ -191,13 +192,16 @@ class RunTracker:
         for step_id, counters in msg.steps.items():
             if step_id in self.steps:
                 self.steps[step_id].rows_by_task[msg.task_id] = int(counters.get("rows", 0))
+                self.steps[step_id].rss_bytes = msg.rss_bytes
         self.forward(
             {
                 "event": "progress",
                 "t": time.time(),
                 "run_id": self.run_id,
-                "rss_bytes": msg.rss_bytes,
-                "steps": {s: {"rows": sp.rows, "state": sp.state} for s, sp in self.steps.items()},
+                "steps": {
+                    s: {"rows": sp.rows, "state": sp.state, "rss_bytes": sp.rss_bytes}
+                    for s, sp in self.steps.items()
+                },
             }
         )
 

@@ -182,17 +182,6 @@ def check_writer(config: Mapping[str, Any]) -> list[Problem]:
     return check_encoding(config)
 
 
-def _parse_error(ctx_step: str, path: Path, exc: pa.ArrowException, names: list[str]) -> TerminalError:
-    """Turn a pyarrow CSV error into a message naming the file, and the column where pyarrow tells."""
-    message = str(exc)
-    found = re.match(r"In CSV column #(\d+)", message)
-    if found and int(found.group(1)) < len(names):
-        message = f"column '{names[int(found.group(1))]}': {message}"
-    if "straddles two block boundaries" in message:
-        message += "; a row is far longer than the rows sampled at the top of the file"
-    return TerminalError(f"step '{ctx_step}': cannot read CSV file {path}: {message}")
-
-
 class CsvExtractor(Source):
     """Streams one CSV file as Arrow batches of ~``ctx.batch_rows`` rows (one partition)."""
 
@@ -214,7 +203,6 @@ class CsvExtractor(Source):
             # One column: an empty line is a NULL value (that is how a writer writes it), not a gap.
             reader.close()
             reader = self._open_reader(path, block_size, ignore_empty_lines=False)
-        names = reader.schema.names
         self._check_types(reader.schema)
         step = self.ctx.step_id
 
@@ -226,7 +214,7 @@ class CsvExtractor(Source):
                     except StopIteration:
                         return
                     except pa.ArrowException as exc:
-                        raise _parse_error(step, path, exc, names) from None
+                        raise self._parse_error(path, exc) from None
                     yield batch
             finally:
                 reader.close()
@@ -295,7 +283,18 @@ class CsvExtractor(Source):
                 f"{self._header_hint(path)}"
             ) from None
         except pa.ArrowException as exc:
-            raise _parse_error(self.ctx.step_id, path, exc, []) from None
+            raise self._parse_error(path, exc) from None
+
+    def _parse_error(self, path: Path, exc: pa.ArrowException) -> TerminalError:
+        """A pyarrow CSV error as a message naming the file, the row and the column where pyarrow tells."""
+        message = str(exc)
+        found = re.match(r"In CSV column #(\d+)", message)
+        names = self._file_columns(path) or [] if found else []  # pyarrow counts the file's columns
+        if found and int(found.group(1)) < len(names):
+            message = f"column '{names[int(found.group(1))]}': {message}"
+        if "straddles two block boundaries" in message:
+            message += "; a row is far longer than the rows sampled at the top of the file"
+        return TerminalError(f"step '{self.ctx.step_id}': cannot read CSV file {path}: {message}")
 
     def _file_columns(self, path: Path) -> list[str] | None:
         """The file's own column names (before ``columns`` picks some), None if unreadable."""

@@ -228,7 +228,7 @@ class Joiner(Transform):
 
     @staticmethod
     def _build_schema(plan: _Plan, rschema: pa.Schema) -> pa.Schema:
-        """The in-memory right table: r0.. (keys, cast) then payload columns r<k>.., then its row id."""
+        """The in-memory right table: keys k0.. (cast to the left types), payload r0.., its row id."""
         fields = [pa.field(f"k{i}", t) for i, t in enumerate(plan.key_types)]
         fields += [pa.field(f"r{i}", rschema.field(c).type) for i, c in enumerate(plan.right_cols)]
         return pa.schema([*fields, pa.field(_RID, pa.int64())])

@@ -98,7 +98,7 @@ WRITER_SCHEMA: dict[str, Any] = {
         "write_mode": {
             "enum": ["overwrite", "append"],
             "default": "overwrite",
-            "description": "Only overwrite is supported (Parquet files cannot be appended to).",
+            "description": "Default overwrite, the only mode supported (Parquet cannot append).",
         },
         "create_dirs": {
             "type": "boolean",
@@ -174,7 +174,8 @@ class ParquetExtractor(Source):
             for file, groups in _by_file(units):
                 self.ctx.check_cancelled()
                 try:
-                    with pq.ParquetFile(file) as reader:
+                    # pre_buffer would read every requested row group up front: off, to stream.
+                    with pq.ParquetFile(file, pre_buffer=False) as reader:
                         yield from reader.iter_batches(
                             batch_size=batch_rows, row_groups=groups, columns=columns, use_threads=False
                         )

@@ -56,10 +56,10 @@ _COMPARISONS: dict[type[exp.Expression], Callable[[Any, Any], pc.Expression]] = 
     exp.GT: lambda a, b: a > b,
     exp.GTE: lambda a, b: a >= b,
 }
-_ARITHMETIC: dict[type[exp.Expression], str] = {
-    exp.Add: "add_checked",
-    exp.Sub: "subtract_checked",
-    exp.Mul: "multiply_checked",
+_ARITHMETIC: dict[type[exp.Expression], Callable[[Any, Any], pc.Expression]] = {
+    exp.Add: pc.add_checked,
+    exp.Sub: pc.subtract_checked,
+    exp.Mul: pc.multiply_checked,
 }
 
 
@@ -162,7 +162,7 @@ class _Translator:
             if literal is not None:
                 return literal
         if isinstance(node, exp.Neg):
-            return _Term(pc.Expression._call("negate_checked", [self.term(node.this).expr]), "value")
+            return _Term(pc.negate_checked(self.term(node.this).expr), "value")
         if type(node) in _COMPARISONS:
             left, right = self._pair(node.this, node.expression)
             return _Term(_COMPARISONS[type(node)](left.expr, right.expr), "bool")
@@ -195,7 +195,7 @@ class _Translator:
             return self._like(node.this, escape=node.expression)
         if type(node) in _ARITHMETIC:
             left, right = self._pair(node.this, node.expression)
-            return _Term(pc.Expression._call(_ARITHMETIC[type(node)], [left.expr, right.expr]), "value")
+            return _Term(_ARITHMETIC[type(node)](left.expr, right.expr), "value")
         if isinstance(node, exp.Div | exp.Mod):
             return self._divide(node)
         raise PredicateError(
@@ -350,8 +350,7 @@ class _Translator:
         pattern = node.expression
         if not (isinstance(pattern, exp.Literal) and pattern.is_string):
             raise PredicateError("the LIKE pattern must be a 'string' literal", "LIKE with a non-literal")
-        options = pc.MatchSubstringOptions(str(pattern.this))
-        matched = pc.Expression._call("match_like", [value.expr], options)
+        matched = pc.match_like(value.expr, pattern=str(pattern.this))
         return _Term(~matched if node.args.get("negate") else matched, "bool")
 
     def _divide(self, node: exp.Div | exp.Mod) -> _Term:
@@ -360,10 +359,10 @@ class _Translator:
         divisor = pc.if_else(right.expr == pc.scalar(0), pc.scalar(pa.scalar(None)), right.expr)
         if isinstance(node, exp.Div):
             float64 = pa.float64()
-            quotient = pc.Expression._call("divide", [left.expr.cast(float64), divisor.cast(float64)])
+            quotient = pc.divide(left.expr.cast(float64), divisor.cast(float64))
             return _Term(quotient, "value")
         # Arrow's modulo is floored (sign of the divisor); MySQL's is truncated (sign of the dividend).
-        floored = pc.Expression._call("modulo", [left.expr, divisor])
+        floored = pc.modulo(left.expr, divisor)
         signs_differ = (floored != pc.scalar(0)) & ((floored < pc.scalar(0)) != (left.expr < pc.scalar(0)))
-        fixed = pc.Expression._call("subtract", [floored, divisor])
+        fixed = pc.subtract(floored, divisor)
         return _Term(pc.if_else(signs_differ, fixed, floored), "value")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -101,18 +102,32 @@ def worker_pid(cli_pid: int, worker_id: str) -> int | None:
     return None
 
 
-def engine_processes() -> list[psutil.Process]:
+def engine_processes(cwd: Path | None = None) -> list[psutil.Process]:
+    """Coordinator and worker processes (of runs started in ``cwd``, when given)."""
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         cmd = proc.info.get("cmdline") or []
-        if any("osiris_flight.cli.daemons" in part for part in cmd) and proc.pid != os.getpid():
-            found.append(proc)
+        if not any("osiris_flight.cli.daemons" in part for part in cmd) or proc.pid == os.getpid():
+            continue
+        try:
+            if cwd is not None and not proc.cwd().startswith(str(cwd)):
+                continue
+        except psutil.Error:
+            continue
+        found.append(proc)
     return found
 
 
-def assert_no_orphans(timeout: float = 15) -> None:
+def assert_no_orphans(cwd: Path, timeout: float = 15) -> None:
     def gone() -> bool:
-        return not [p for p in engine_processes() if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        alive = []
+        for proc in engine_processes(cwd):
+            try:
+                if proc.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(proc)
+            except psutil.Error:
+                pass
+        return not alive
 
     wait_until(gone, timeout, "engine processes to exit")
 
@@ -140,9 +155,6 @@ def read_csv(path: Path) -> pa.Table:
 @pytest.fixture
 def workdir(tmp_path: Path) -> Iterator[Path]:
     yield tmp_path
-    for proc in engine_processes():
-        try:
-            if str(tmp_path) in " ".join(proc.cmdline()) or proc.cwd().startswith(str(tmp_path)):
-                proc.send_signal(signal.SIGKILL)
-        except psutil.Error:
-            pass
+    for proc in engine_processes(tmp_path):
+        with contextlib.suppress(psutil.Error):
+            proc.send_signal(signal.SIGKILL)

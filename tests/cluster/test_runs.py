@@ -126,7 +126,7 @@ def test_parallel_example_branches_overlap_and_output_is_correct(workdir: Path) 
     assert any('"rows_written"' in m and '"write_summary"' in m for m in metrics)
     for name in ("manifest.json", "plan.json", "status.json", "journal.jsonl"):
         assert (run_dir / name).exists()
-    assert_no_orphans()
+    assert_no_orphans(workdir)
 
 
 def test_sigkilled_worker_mid_run_gives_identical_output(workdir: Path) -> None:
@@ -156,7 +156,7 @@ def test_sigkilled_worker_mid_run_gives_identical_output(workdir: Path) -> None:
     assert any(e["event"] == "task_retry" and not e["counted"] for e in evs)
     reruns = [e for e in evs if e["event"] == "task_start" and "slow_users" in e["steps"]]
     assert len(reruns) >= 2 and reruns[-1]["worker_id"] != start["worker_id"]
-    assert_no_orphans()
+    assert_no_orphans(workdir)
 
 
 TWO_SINKS = """
@@ -199,7 +199,7 @@ def test_resume_after_killed_run_skips_committed_steps_and_finishes_identically(
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert_no_orphans()
+    assert_no_orphans(workdir)
     assert not (workdir / "out/slow.csv").exists()  # never half-written
     quick_mtime = (workdir / "out/quick.csv").stat().st_mtime_ns
 
@@ -213,7 +213,39 @@ def test_resume_after_killed_run_skips_committed_steps_and_finishes_identically(
     for name in ("quick.csv", "slow.csv"):
         got = read_csv(workdir / "out" / name)
         assert got.sort_by("event_id").equals(table.sort_by("event_id")), name
-    assert_no_orphans()
+    assert_no_orphans(workdir)
+
+
+def test_killing_the_worker_holding_a_finished_output_recomputes_it_from_lineage(workdir: Path) -> None:
+    table = write_events_csv(workdir / "events.csv", 300_000)
+    (workdir / "pipeline.yaml").write_text(TWO_SINKS)
+    proc = start_osiris(["run", "pipeline.yaml", "--json", "--workers", "2"], workdir)
+    try:
+        run_dir = wait_until(lambda: latest_run_dir(workdir), 60, "the run directory")
+
+        def extract_done() -> dict | None:
+            return next(
+                (e for e in events(run_dir) if e["event"] == "task_complete" and "extract" in e["steps"]),
+                None,
+            )
+
+        done = wait_until(extract_done, 60, "the extract to finish")
+        # The slow branch is still reading the extract's output from that worker's batch store.
+        pid = wait_until(lambda: worker_pid(proc.pid, done["worker_id"]), 10, "the worker's pid")
+        os.kill(pid, signal.SIGKILL)
+        _, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    evs = events(run_dir)
+    assert done["task_id"] in {e["task_id"] for e in evs if e["event"] == "task_recompute"}
+    extract_runs = [e for e in evs if e["event"] == "task_start" and e["task_id"] == done["task_id"]]
+    assert len(extract_runs) == 2 and extract_runs[1]["worker_id"] != done["worker_id"]
+    for name in ("quick.csv", "slow.csv"):
+        got = read_csv(workdir / "out" / name)
+        assert got.sort_by("event_id").equals(table.sort_by("event_id")), name
+    assert_no_orphans(workdir)
 
 
 FAN_OUT = """
@@ -253,7 +285,7 @@ def test_fan_out_larger_than_memory_budget_spills_and_both_consumers_get_every_r
     b = pq.read_table(workdir / "out/b.parquet")
     assert a.sort_by("event_id").equals(table.sort_by("event_id"))
     assert b.sort_by("event_id").equals(table.sort_by("event_id"))
-    assert_no_orphans()
+    assert_no_orphans(workdir)
 
 
 FLAKY = """
@@ -300,7 +332,7 @@ def test_terminal_failure_fails_the_run_with_the_real_message_and_leaves_no_targ
     assert not (workdir / "out/flaky.csv").exists()
     status = (latest_run_dir(workdir) / "status.json").read_text()
     assert '"failed"' in status
-    assert_no_orphans()
+    assert_no_orphans(workdir)
 
 
 def test_ctrl_c_cancels_the_run_and_stops_every_process(workdir: Path) -> None:
@@ -312,5 +344,5 @@ def test_ctrl_c_cancels_the_run_and_stops_every_process(workdir: Path) -> None:
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=60)
     assert proc.returncode == 130
-    assert_no_orphans()
+    assert_no_orphans(workdir)
     assert '"failed"' in (run_dir / "status.json").read_text()

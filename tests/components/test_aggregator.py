@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -28,20 +29,18 @@ def aggregate(
 
 def events(rows: int, seed: int) -> pa.Table:
     rng = np.random.default_rng(seed)
-    null = rng.random(rows) < 0.05
-    user = pa.array(np.where(null, None, rng.integers(0, 300, rows).astype(object)).tolist(), pa.int64())
-    country = pa.array(
-        np.where(rng.random(rows) < 0.03, None, rng.choice(["de", "fr", "it", "es"], rows)).tolist()
-    )
-    amount = pa.array(
-        np.where(rng.random(rows) < 0.1, None, rng.integers(-50, 500, rows).astype(object)).tolist()
-    )
-    price = pa.array(np.where(rng.random(rows) < 0.1, None, np.round(rng.normal(20, 8, rows), 3)).tolist())
-    product = pa.array(
-        np.where(rng.random(rows) < 0.1, None, rng.integers(0, 40, rows).astype(object)).tolist()
-    )
+
+    def nulled(values: np.ndarray, rate: float) -> list[object]:
+        return [None if drop else v for v, drop in zip(values.tolist(), rng.random(rows) < rate, strict=True)]
+
     return pa.table(
-        {"user_id": user, "country": country, "amount": amount, "price": price, "product_id": product}
+        {
+            "user_id": pa.array(nulled(rng.integers(0, 300, rows), 0.05), pa.int64()),
+            "country": pa.array(nulled(rng.choice(["de", "fr", "it", "es"], rows), 0.03), pa.string()),
+            "amount": pa.array(nulled(rng.integers(-50, 500, rows), 0.1), pa.int64()),
+            "price": pa.array(nulled(np.round(rng.normal(20, 8, rows), 3), 0.1), pa.float64()),
+            "product_id": pa.array(nulled(rng.integers(0, 40, rows), 0.1), pa.int64()),
+        }
     )
 
 
@@ -51,19 +50,17 @@ def nullable_frame(table: pa.Table) -> pd.DataFrame:
     return table.to_pandas(types_mapper=mapping.get)
 
 
-CONFIG = {
-    "group_by": ["user_id", "country"],
-    "aggregations": {
-        "events": "count",
-        "amount": "sum",
-        "price_total": {"fn": "sum", "column": "price"},
-        "cheapest": {"fn": "min", "column": "price"},
-        "top_amount": {"fn": "max", "column": "amount"},
-        "avg_price": {"fn": "avg", "column": "price"},
-        "priced": {"fn": "count", "column": "price"},
-        "products": {"fn": "count_distinct", "column": "product_id"},
-    },
+AGGREGATIONS: dict[str, Any] = {
+    "events": "count",
+    "amount": "sum",
+    "price_total": {"fn": "sum", "column": "price"},
+    "cheapest": {"fn": "min", "column": "price"},
+    "top_amount": {"fn": "max", "column": "amount"},
+    "avg_price": {"fn": "avg", "column": "price"},
+    "priced": {"fn": "count", "column": "price"},
+    "products": {"fn": "count_distinct", "column": "product_id"},
 }
+CONFIG: dict[str, Any] = {"group_by": ["user_id", "country"], "aggregations": AGGREGATIONS}
 
 
 def pandas_reference(table: pa.Table, keys: list[str]) -> pd.DataFrame:
@@ -96,7 +93,7 @@ def test_matches_pandas_on_200k_rows_in_small_batches(
     table = events(200_000, seed=1)
     stream = aggregate(tmp_path, table, CONFIG, rows_per_batch=997, batch_rows=100)
     result = collect(stream)
-    assert result.column_names == ["user_id", "country", *CONFIG["aggregations"]]
+    assert result.column_names == ["user_id", "country", *AGGREGATIONS]
     expected = pandas_reference(table, ["user_id", "country"])
     assert result.num_rows == len(expected)
     assert_same_rows(as_frame(result), expected, check_dtype=False, rtol=1e-9)
@@ -169,7 +166,7 @@ def test_milestone_example_and_config_order(tmp_path: Path) -> None:
 
 def test_global_aggregate_and_empty_inputs(tmp_path: Path) -> None:
     table = events(1000, seed=3)
-    config = {"aggregations": {k: v for k, v in CONFIG["aggregations"].items()}}
+    config = {"aggregations": AGGREGATIONS}
     result = collect(aggregate(tmp_path, table, config, rows_per_batch=64))
     expected = pandas_reference(table, [])
     pd.testing.assert_frame_equal(as_frame(result), expected, check_dtype=False, rtol=1e-9)
@@ -188,7 +185,7 @@ def test_global_aggregate_and_empty_inputs(tmp_path: Path) -> None:
         }
     ]
     grouped_empty = aggregate(tmp_path, table.slice(0, 0), CONFIG)
-    assert grouped_empty.schema.names == ["user_id", "country", *CONFIG["aggregations"]]
+    assert grouped_empty.schema.names == ["user_id", "country", *AGGREGATIONS]
     assert collect(grouped_empty).num_rows == 0
 
 
@@ -279,7 +276,7 @@ rows_strategy = st.lists(
     keys=st.sampled_from([[], ["user_id"], ["user_id", "country"]]),
 )
 def test_property_matches_pandas(tmp_path: Path, rows: list[tuple], batch: int, keys: list[str]) -> None:
-    columns = list(zip(*rows, strict=True)) if rows else [[] for _ in range(5)]
+    columns: list[tuple[Any, ...]] = list(zip(*rows, strict=True)) if rows else [() for _ in range(5)]
     table = pa.table(
         {
             "user_id": pa.array(columns[0], pa.int64()),
@@ -289,10 +286,23 @@ def test_property_matches_pandas(tmp_path: Path, rows: list[tuple], batch: int, 
             "product_id": pa.array(columns[4], pa.int64()),
         }
     )
-    config = {"group_by": keys, "aggregations": CONFIG["aggregations"]}
+    config = {"group_by": keys, "aggregations": AGGREGATIONS}
     result = collect(aggregate(tmp_path, table, config, rows_per_batch=batch, batch_rows=batch))
     expected = pandas_reference(table, keys)
     if not keys and not rows:  # pandas has no row for a global aggregate of nothing; SQL has one
         assert result.num_rows == 1 and result.column("events").to_pylist() == [0]
         return
     assert_same_rows(as_frame(result), expected, check_dtype=False, rtol=1e-9, atol=1e-6)
+
+
+def test_a_group_key_may_also_be_aggregated(tmp_path: Path) -> None:
+    table = pa.table({"k": [1, 1, 2, None], "v": [1, 2, 3, 4]})
+    config = {
+        "group_by": ["k"],
+        "aggregations": {
+            "keys": {"fn": "count_distinct", "column": "k"},
+            "top": {"fn": "max", "column": "k"},
+        },
+    }
+    result = collect(aggregate(tmp_path, table, config, rows_per_batch=1))
+    assert result.to_pydict() == {"k": [1, 2, None], "keys": [1, 1, 0], "top": [1, 2, None]}

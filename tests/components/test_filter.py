@@ -11,6 +11,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -64,8 +65,8 @@ def to_nullable_pandas(table: pa.Table) -> pd.DataFrame:
 
 # -- a reference for each construct, built alongside its SQL text ---------------------------------
 
-Frame = pd.DataFrame
-Fn = Callable[[Frame], pd.Series]
+Frame: TypeAlias = pd.DataFrame
+Fn: TypeAlias = Callable[[Frame], pd.Series]
 
 
 @dataclass(frozen=True)
@@ -131,14 +132,17 @@ def _like_regex(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(out), re.DOTALL)
 
 
+def _number(text: str) -> Node:
+    return Node(text, lambda f: pd.Series(float(text), index=f.index, dtype="Float64"))
+
+
 @st.composite
 def predicate(draw: st.DrawFn) -> Node:
     choice = draw(st.integers(0, 8))
     if choice <= 2:
-        left, right = draw(numeric()), draw(st.one_of(numeric(), numbers.map(lambda n: Node(n, None))))
+        left, right = draw(numeric()), draw(st.one_of(numeric(), numbers.map(_number)))
         op = draw(st.sampled_from(["=", "!=", "<>", "<", "<=", ">", ">="]))
-        rhs: Fn = right.fn if right.fn is not None else (lambda f, n=right.sql: float(n))  # type: ignore[misc]
-        compare = {
+        compare: Callable[[Any, Any], pd.Series] = {
             "=": lambda x, y: x == y,
             "!=": lambda x, y: x != y,
             "<>": lambda x, y: x != y,
@@ -147,7 +151,7 @@ def predicate(draw: st.DrawFn) -> Node:
             ">": lambda x, y: x > y,
             ">=": lambda x, y: x >= y,
         }[op]
-        return Node(f"{left.sql} {op} {right.sql}", lambda f: compare(left.fn(f), rhs(f)))
+        return Node(f"{left.sql} {op} {right.sql}", lambda f: compare(left.fn(f), right.fn(f)))
     if choice == 3:
         column = draw(st.sampled_from(["a", "b", "s", "flag"]))
         negate = draw(st.booleans())
@@ -202,8 +206,12 @@ def predicate(draw: st.DrawFn) -> Node:
     op = draw(st.sampled_from(["=", "<", ">=", "<=>"]))
     if op == "<=>":
         return Node(f"s <=> '{word}'", lambda f: (f["s"] == word).fillna(False))
-    compare = {"=": lambda x: x == word, "<": lambda x: x < word, ">=": lambda x: x >= word}[op]
-    return Node(f's {op} "{word}"', lambda f: compare(f["s"]))
+    versus: Callable[[pd.Series], pd.Series] = {
+        "=": lambda x: x == word,
+        "<": lambda x: x < word,
+        ">=": lambda x: x >= word,
+    }[op]
+    return Node(f's {op} "{word}"', lambda f: versus(f["s"]))
 
 
 def conditions() -> st.SearchStrategy[Node]:
