@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -91,6 +91,80 @@ class Sink(Operator):
     @abstractmethod
     def write(self, stream: RowStream) -> WriteResult:
         """Write the whole stream; commit atomically (temp + rename, or a transaction)."""
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A resumable slice of a source: its rows, and the token that resumes *after* them."""
+
+    stream: RowStream
+    token: str
+
+
+class ChunkedSource(Source):
+    """A source that reads in resumable chunks (a keyset range of a table, a byte range of a file).
+
+    ``open_chunks(None)`` starts at the beginning; ``open_chunks(token)`` continues right after the
+    chunk whose ``token`` that was. ``open()`` must still give the whole stream.
+    """
+
+    @abstractmethod
+    def open_chunks(self, resume_token: str | None) -> Iterator[Chunk]:
+        """Yield chunks in order; each chunk's stream must be consumed before the next is asked for."""
+
+
+class AlreadyFinished(Exception):  # noqa: N818 - a signal, not an error
+    """Raised by ``ChunkedSink.begin`` when this task's output was already published (a retried
+    attempt whose predecessor finished but died before reporting): the runtime reports ``result``
+    and reads nothing."""
+
+    def __init__(self, result: WriteResult) -> None:
+        super().__init__(f"already published: {result.rows} rows to {result.target}")
+        self.result = result
+
+
+class ChunkedSink(Sink):
+    """A sink that commits chunk by chunk, each commit durable *together with* the source token.
+
+    The runtime drives a fused [ChunkedSource, partition-wise transforms..., ChunkedSink] task as:
+    ``token = begin(state)``; for each chunk of ``open_chunks(token)``: ``write_chunk(rows)``, then
+    ``state = commit_chunk(chunk.token)`` (reported and journaled); finally ``finish()`` publishes the
+    result atomically. After a crash, ``begin(last journaled state)`` returns the token to resume the
+    source from; the sink's own durable state wins over the journal when it is newer, which is what
+    makes a resumed or retried task write every row exactly once. ``abort()`` leaves the target as
+    it was (staging may stay, for a resume).
+    """
+
+    @abstractmethod
+    def begin(self, resume_state: Mapping[str, Any] | None) -> str | None:
+        """Prepare (staging, temp file); return the source token to resume after, or None."""
+
+    @abstractmethod
+    def write_chunk(self, stream: RowStream) -> None:
+        """Write the chunk's rows (not yet durable)."""
+
+    @abstractmethod
+    def commit_chunk(self, token: str) -> dict[str, Any]:
+        """Make the rows written so far durable together with ``token``; return JSON-able state."""
+
+    @abstractmethod
+    def finish(self) -> WriteResult:
+        """Publish everything committed to the target atomically."""
+
+    @abstractmethod
+    def abort(self) -> None:
+        """Called on failure: the target stays as it was."""
+
+    def write(self, stream: RowStream) -> WriteResult:
+        """Unchunked use: one chunk holding the whole stream."""
+        self.begin(None)
+        try:
+            self.write_chunk(stream)
+            self.commit_chunk("")
+            return self.finish()
+        except BaseException:
+            self.abort()
+            raise
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from typing import Any, TypeAlias
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -297,7 +298,7 @@ def test_projection_and_batch_sizes(tmp_path: Path) -> None:
     assert stream.schema.names == ["s", "rid"]
     batches = list(stream.batches())
     assert all(b.num_rows == 500 for b in batches[:-1]) and 0 < batches[-1].num_rows <= 500
-    expected = table.filter(pa.compute.greater(table.column("a"), 0)).select(["s", "rid"])
+    expected = table.filter(pc.greater(table.column("a"), 0)).select(["s", "rid"])
     assert pa.Table.from_batches(batches).equals(expected)
 
 
