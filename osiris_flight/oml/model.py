@@ -15,8 +15,13 @@ PLAN_VERSION = 1
 
 
 def canonical_json(value: Any) -> str:
-    """Byte-stable JSON: sorted keys, no whitespace, UTF-8 kept as is."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    """Byte-stable JSON: keys in the order the pipeline gives them, no whitespace, UTF-8 kept as is.
+
+    Keys are deliberately not sorted: their order can mean something (an aggregator's outputs come
+    out in the order its ``aggregations`` are written), and the order is already deterministic, since
+    it follows the OML file.
+    """
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def sha256_of(value: Any) -> str:
@@ -98,7 +103,7 @@ class Manifest:
 
     def to_json(self) -> str:
         """The manifest file's exact bytes (same inputs give the same bytes)."""
-        return json.dumps(self.to_dict(), sort_keys=True, indent=2, ensure_ascii=False) + "\n"
+        return json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:

@@ -236,3 +236,23 @@ def test_0_1_0_cycle_through_implicit_chaining_is_explained(write, registry):
     [problem] = problems_of(compile_, path, registry)
     assert problem.message == "dependency cycle: x -> y -> x"
     assert "consumes the step before it" in (problem.hint or "")
+
+
+def test_config_key_order_survives_the_manifest_file(tmp_path):
+    """An aggregator's outputs come out in the order written: the manifest must keep that order."""
+    import json
+
+    from osiris_flight.components.registry import build_registry
+    from osiris_flight.oml.compile import compile_pipeline
+    from osiris_flight.oml.model import Manifest
+
+    (tmp_path / "p.yaml").write_text(
+        'oml_version: "0.2.0"\nname: order\nsteps:\n'
+        "  - {id: src, component: filesystem.csv_extractor, mode: read, config: {path: x.csv}}\n"
+        "  - id: agg\n    component: transform.aggregator\n    mode: transform\n    depends_on: [src]\n"
+        "    config:\n      group_by: [k]\n      aggregations: {zeta: count, alpha: {fn: sum, column: v}}\n"
+    )
+    manifest = compile_pipeline(tmp_path / "p.yaml", build_registry())
+    reloaded = Manifest.from_dict(json.loads(manifest.to_json()))
+    assert list(reloaded.step("agg").config["aggregations"]) == ["zeta", "alpha"]
+    assert reloaded.to_json() == manifest.to_json()
