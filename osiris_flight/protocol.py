@@ -121,6 +121,34 @@ class TaskProgress(Message):
 
 
 @dataclass(frozen=True)
+class TaskTelemetry(Message):
+    """An event (``value`` unused) or a metric a component reported through its StepContext."""
+
+    op: ClassVar[str] = "task_telemetry"
+    run_id: str
+    task_id: str
+    attempt: int
+    kind: str
+    name: str
+    value: float = 0.0
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TaskCheckpoint(Message):
+    """A chunked task made ``rows`` more rows durable, together with the source ``token``;
+    ``sink_state`` is what the sink needs to continue there (journaled by the coordinator)."""
+
+    op: ClassVar[str] = "task_checkpoint"
+    run_id: str
+    task_id: str
+    attempt: int
+    token: str
+    sink_state: dict[str, Any]
+    rows: int
+
+
+@dataclass(frozen=True)
 class TaskFinished(Message):
     """``steps`` maps step id to its counters; ``spills`` lists spill events of the task's output."""
 
@@ -181,7 +209,8 @@ class AssignTask(Message):
     ``inputs`` maps each upstream step id of the first step to one ``{"flight_uri": str, "ticket":
     bytes}`` map per partition of its stage, in partition order (the ticket is an encoded
     FetchOutput). ``connections`` carries resolved connection secrets for the steps that use them;
-    it is never logged or written to disk.
+    it is never logged or written to disk. ``resume_state`` is the task's last journaled checkpoint
+    (a chunked task continues from it), empty when it starts from the beginning.
     """
 
     op: ClassVar[str] = "assign_task"
@@ -197,6 +226,7 @@ class AssignTask(Message):
     output_dir: str
     connections: dict[str, dict[str, Any]] = field(default_factory=dict)
     batch_rows: int = 65536
+    resume_state: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

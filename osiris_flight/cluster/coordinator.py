@@ -251,6 +251,12 @@ class Coordinator:
             case p.TaskProgress():
                 if (run := self.runs.get(message.run_id)) and self._is_current(message):
                     run.tracker.task_progress(message)
+            case p.TaskTelemetry():
+                if (run := self.runs.get(message.run_id)) and self._is_current(message):
+                    run.tracker.task_telemetry(message)
+            case p.TaskCheckpoint():
+                if (run := self.runs.get(message.run_id)) and self._is_current(message):
+                    run.tracker.task_checkpoint(message)
             case p.TaskFinished():
                 if (run := self.runs.get(message.run_id)) and self._is_current(message):
                     run.tracker.task_finished(message)
@@ -304,7 +310,15 @@ class Coordinator:
             case _:
                 self._send(identity, p.Reject(f"the coordinator does not accept {message.op!r}"))
 
-    def _is_current(self, message: p.TaskStarted | p.TaskProgress | p.TaskFinished | p.TaskFailed) -> bool:
+    def _is_current(
+        self,
+        message: p.TaskStarted
+        | p.TaskProgress
+        | p.TaskTelemetry
+        | p.TaskCheckpoint
+        | p.TaskFinished
+        | p.TaskFailed,
+    ) -> bool:
         run = self.scheduler.runs.get(message.run_id)
         if run is None or message.task_id not in run.tasks:
             return False
@@ -351,6 +365,7 @@ class Coordinator:
             plan = Plan.from_dict(msg.plan)
             root = Path(msg.run_logs)
             committed: dict[str, dict[str, Any]] = {}
+            checkpoints: dict[str, dict[str, Any]] = {}
             if msg.resume:
                 run_dir = find_run(root, msg.run_id)
                 journal = read_journal(run_dir.journal)
@@ -360,6 +375,7 @@ class Coordinator:
                         "resume it with the pipeline it was started with"
                     )
                 committed = journal.committed
+                checkpoints = journal.checkpoints
             else:
                 run_dir = RunDir.create(root, manifest.name, msg.run_id)
                 run_dir.manifest.write_text(manifest.to_json(), encoding="utf-8")
@@ -378,7 +394,13 @@ class Coordinator:
             self._send(client, p.RunEvent(run_id, event))
 
         tracker = RunTracker(
-            run_dir, manifest, plan, resumed=msg.resume, committed=committed, forward=forward
+            run_dir,
+            manifest,
+            plan,
+            resumed=msg.resume,
+            committed=committed,
+            checkpoints=checkpoints,
+            forward=forward,
         )
         self.runs[msg.run_id] = ActiveRun(
             tracker, client, manifest, plan, msg.connections, batch_rows=msg.batch_rows
@@ -453,6 +475,7 @@ class Coordinator:
                 str(run.tracker.run_dir.artifacts),
                 connections,
                 run.batch_rows,
+                run.tracker.checkpoints.get(ins.task_id, {}),
             ),
         )
 

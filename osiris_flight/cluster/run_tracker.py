@@ -44,6 +44,7 @@ class RunTracker:
         *,
         resumed: bool,
         committed: dict[str, dict[str, Any]],
+        checkpoints: dict[str, dict[str, Any]],
         forward: Callable[[dict[str, Any]], None],
     ) -> None:
         self.run_dir = run_dir
@@ -64,6 +65,8 @@ class RunTracker:
         self.spilled_bytes = 0
         self.retries = 0
         self.finished = False
+        # Last durable chunk of each chunked task: a retried or resumed attempt continues there.
+        self.checkpoints: dict[str, dict[str, Any]] = dict(checkpoints)
         for task_id, record in committed.items():
             self._count_committed(task_id, record.get("steps", {}))
 
@@ -204,6 +207,19 @@ class RunTracker:
                 },
             }
         )
+
+    def task_telemetry(self, msg: p.TaskTelemetry) -> None:
+        """A component's own event or metric, tagged with its task and attempt."""
+        fields = {k: v for k, v in msg.fields.items() if k not in ("task_id", "attempt", "at")}
+        if msg.kind == "metric":
+            self.telemetry.metric(msg.name, msg.value, task_id=msg.task_id, **fields)
+        else:
+            self.telemetry.event(msg.name, task_id=msg.task_id, attempt=msg.attempt, **fields)
+
+    def task_checkpoint(self, msg: p.TaskCheckpoint) -> None:
+        self.checkpoints[msg.task_id] = msg.sink_state
+        self.journal.checkpoint(msg.task_id, msg.token, msg.sink_state, msg.rows)
+        self.telemetry.event("checkpoint", task_id=msg.task_id, attempt=msg.attempt, rows=msg.rows)
 
     def task_finished(self, msg: p.TaskFinished) -> None:
         stage = self.plan.stage(parse_task_id(msg.task_id)[0])

@@ -25,6 +25,7 @@ import traceback
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 import zmq
@@ -255,6 +256,7 @@ class Worker:
             output_dir=Path(msg.output_dir),
             batch_rows=msg.batch_rows,
             connections=msg.connections,
+            resume_state=msg.resume_state,
         )
         task = TaskRun(spec)
         self.tasks[(msg.run_id, msg.task_id, msg.attempt)] = task
@@ -285,6 +287,28 @@ class Worker:
         work_dir = self.work_dir / spec.run_id / f"{spec.task_id}-{spec.attempt}"
         work_dir.mkdir(parents=True, exist_ok=True)
         try:
+
+            def checkpoint(token: str, state: dict[str, Any], rows: int) -> None:
+                push.send(
+                    p.encode(p.TaskCheckpoint(spec.run_id, spec.task_id, spec.attempt, token, state, rows))
+                )
+
+            def metric(name: str, value: float, **tags: Any) -> None:
+                push.send(
+                    p.encode(
+                        p.TaskTelemetry(
+                            spec.run_id, spec.task_id, spec.attempt, "metric", name, float(value), tags
+                        )
+                    )
+                )
+
+            def event(name: str, **fields: Any) -> None:
+                push.send(
+                    p.encode(
+                        p.TaskTelemetry(spec.run_id, spec.task_id, spec.attempt, "event", name, 0.0, fields)
+                    )
+                )
+
             result = run_task(
                 task,
                 self.registry,
@@ -292,6 +316,9 @@ class Worker:
                 open_input,
                 work_dir=work_dir,
                 memory_limit_bytes=self.options.memory_limit_bytes,
+                log_metric=metric,
+                log_event=event,
+                on_checkpoint=checkpoint,
             )
             reply: p.Message = p.TaskFinished(
                 spec.run_id,

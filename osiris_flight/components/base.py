@@ -113,7 +113,7 @@ class ChunkedSource(Source):
         """Yield chunks in order; each chunk's stream must be consumed before the next is asked for."""
 
 
-class AlreadyFinished(Exception):  # noqa: N818 - a signal, not an error
+class AlreadyFinished(Exception):
     """Raised by ``ChunkedSink.begin`` when this task's output was already published (a retried
     attempt whose predecessor finished but died before reporting): the runtime reports ``result``
     and reads nothing."""

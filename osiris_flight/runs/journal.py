@@ -25,7 +25,7 @@ class JournalError(ValueError):
 class JournalState:
     manifest_fingerprint: str | None = None
     committed: dict[str, dict[str, Any]] = field(default_factory=dict)
-    checkpoints: dict[str, str] = field(default_factory=dict)
+    checkpoints: dict[str, dict[str, Any]] = field(default_factory=dict)
     attempts: int = 0
     ended: str | None = None
 
@@ -54,8 +54,10 @@ class Journal:
             }
         )
 
-    def checkpoint(self, task_id: str, token: str) -> None:
-        self._append({"type": "checkpoint", "task_id": task_id, "token": token})
+    def checkpoint(self, task_id: str, token: str, sink_state: dict[str, Any], rows: int) -> None:
+        self._append(
+            {"type": "checkpoint", "task_id": task_id, "token": token, "sink_state": sink_state, "rows": rows}
+        )
 
     def ended(self, status: str) -> None:
         self._append({"type": "run_end", "status": status})
@@ -88,7 +90,7 @@ def read_journal(path: Path) -> JournalState:
         elif kind == "task_committed":
             state.committed[record["task_id"]] = record
         elif kind == "checkpoint":
-            state.checkpoints[record["task_id"]] = record["token"]
+            state.checkpoints[record["task_id"]] = dict(record["sink_state"])
         elif kind == "run_end":
             state.ended = record["status"]
     return state

@@ -21,7 +21,17 @@ from typing import Any
 
 import pyarrow as pa
 
-from osiris_flight.components.base import Sink, Source, StepContext, Transform, WriteResult
+from osiris_flight.components.base import (
+    AlreadyFinished,
+    ChunkedSink,
+    ChunkedSource,
+    Operator,
+    Sink,
+    Source,
+    StepContext,
+    Transform,
+    WriteResult,
+)
 from osiris_flight.components.registry import Registry
 from osiris_flight.data.batch_store import BatchStore
 from osiris_flight.data.rowstream import RowStream, counted
@@ -56,6 +66,8 @@ class TaskSpec:
     output_dir: Path
     batch_rows: int
     connections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # The last journaled sink state of this task (chunked tasks resume from it), or empty.
+    resume_state: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -83,6 +95,18 @@ class TaskRun:
 InputFactory = Callable[[str], RowStream]
 
 
+@dataclass
+class _Step:
+    step_id: str
+    ctx: StepContext
+    operator: Operator
+    counters: StepCounters
+    partitionwise: bool
+
+
+CheckpointFn = Callable[[str, dict[str, Any], int], None]
+
+
 def run_task(
     task: TaskRun,
     registry: Registry,
@@ -93,66 +117,25 @@ def run_task(
     memory_limit_bytes: int,
     log_metric: Callable[..., None] = lambda name, value, **tags: None,
     log_event: Callable[..., None] = lambda name, **fields: None,
+    on_checkpoint: CheckpointFn = lambda token, state, rows: None,
 ) -> TaskResult:
     """Run the chain to completion; raise on failure (the caller classifies the error).
 
     ``open_input(step_id)`` returns the stream of an upstream step that lives in another stage.
+    ``on_checkpoint(token, sink_state, rows)`` is called after each durable chunk commit of a
+    chunked task, so that the coordinator can journal where a resumed attempt may continue.
     """
     spec = task.spec
+    steps = [
+        _build(task, registry, step, work_dir, memory_limit_bytes, log_metric, log_event)
+        for step in spec.steps
+    ]
     stream: RowStream | None = None
-    previous: str | None = None
     write: WriteResult | None = None
-    for index, step in enumerate(spec.steps):
-        step_id = step["id"]
-        task.current_step = step_id
-        component = registry.get(step["component"])
-        if component is None:
-            raise TerminalError(
-                f"step '{step_id}': component {step['component']!r} is not installed on this worker"
-            )
-        ctx = StepContext(
-            step_id=step_id,
-            component=step["component"],
-            config=resolve_runtime_config(step["config"]),
-            run_id=spec.run_id,
-            task_id=spec.task_id,
-            attempt=spec.attempt,
-            partition=spec.partition,
-            partitions=spec.partitions,
-            work_dir=work_dir,
-            output_dir=spec.output_dir / step_id,
-            connections=spec.connections,
-            memory_limit_bytes=memory_limit_bytes,
-            batch_rows=spec.batch_rows,
-            log_metric=log_metric,
-            log_event=log_event,
-            cancel_event=task.cancel,
-        )
-        operator = component.operator(ctx)
-        counters = task.counters.setdefault(step_id, StepCounters())
-        if index == 0:
-            inputs = {dep: open_input(dep) for dep in step.get("inputs", ())}
-        else:
-            assert previous is not None and stream is not None
-            inputs = {previous: stream}
-        if isinstance(operator, Source):
-            stream = operator.open()
-        elif isinstance(operator, Transform):
-            stream = operator.apply(inputs)
-        elif isinstance(operator, Sink):
-            if len(inputs) != 1:
-                raise TerminalError(f"step '{step_id}': a writer takes exactly one input, got {len(inputs)}")
-            write = operator.write(next(iter(inputs.values())))
-            counters.rows = write.rows
-            counters.bytes = write.bytes
-            stream = None
-            break
-        else:
-            raise TerminalError(
-                f"step '{step_id}': {type(operator).__name__} is not a Source, Transform or Sink"
-            )
-        stream = counted(stream, _counter(counters, ctx))
-        previous = step_id
+    if _is_chunked(steps):
+        write = _run_chunked(task, steps, on_checkpoint)
+    else:
+        stream, write = _run_streaming(steps, spec.steps[0], open_input)
 
     result = TaskResult(steps={})
     if stream is not None:
@@ -162,12 +145,121 @@ def run_task(
             for batch in stream.batches():
                 result.output_rows += batch.num_rows
     result.write = write
+    last = spec.steps[-1]["id"]
     result.steps = {
-        step: {**c.to_dict(), **({"target": write.target} if write and step == spec.steps[-1]["id"] else {})}
+        step: {**c.to_dict(), **({"target": write.target} if write and step == last else {})}
         for step, c in task.counters.items()
     }
     task.current_step = None
     return result
+
+
+def _build(
+    task: TaskRun,
+    registry: Registry,
+    step: dict[str, Any],
+    work_dir: Path,
+    memory_limit_bytes: int,
+    log_metric: Callable[..., None],
+    log_event: Callable[..., None],
+) -> _Step:
+    spec = task.spec
+    step_id = step["id"]
+    task.current_step = step_id
+    component = registry.get(step["component"])
+    if component is None:
+        raise TerminalError(
+            f"step '{step_id}': component {step['component']!r} is not installed on this worker"
+        )
+    ctx = StepContext(
+        step_id=step_id,
+        component=step["component"],
+        config=resolve_runtime_config(step["config"]),
+        run_id=spec.run_id,
+        task_id=spec.task_id,
+        attempt=spec.attempt,
+        partition=spec.partition,
+        partitions=spec.partitions,
+        work_dir=work_dir,
+        output_dir=spec.output_dir / step_id,
+        connections=spec.connections,
+        memory_limit_bytes=memory_limit_bytes,
+        batch_rows=spec.batch_rows,
+        log_metric=log_metric,
+        log_event=log_event,
+        cancel_event=task.cancel,
+    )
+    operator = component.operator(ctx)
+    if not isinstance(operator, Source | Transform | Sink):
+        raise TerminalError(f"step '{step_id}': {type(operator).__name__} is not a Source, Transform or Sink")
+    counters = task.counters.setdefault(step_id, StepCounters())
+    return _Step(step_id, ctx, operator, counters, component.partitionwise)
+
+
+def _is_chunked(steps: list[_Step]) -> bool:
+    """[ChunkedSource, partition-wise transforms..., ChunkedSink] commits chunk by chunk."""
+    return (
+        len(steps) >= 2
+        and isinstance(steps[0].operator, ChunkedSource)
+        and isinstance(steps[-1].operator, ChunkedSink)
+        and all(isinstance(s.operator, Transform) and s.partitionwise for s in steps[1:-1])
+    )
+
+
+def _run_streaming(
+    steps: list[_Step], first: dict[str, Any], open_input: InputFactory
+) -> tuple[RowStream | None, WriteResult | None]:
+    """Compose the chain lazily; a sink at the end drains it, otherwise the stream is returned."""
+    stream: RowStream | None = None
+    for index, step in enumerate(steps):
+        if index == 0:
+            inputs = {dep: open_input(dep) for dep in first.get("inputs", ())}
+        else:
+            assert stream is not None
+            inputs = {steps[index - 1].step_id: stream}
+        op = step.operator
+        if isinstance(op, Sink):
+            if len(inputs) != 1:
+                raise TerminalError(
+                    f"step '{step.step_id}': a writer takes exactly one input, got {len(inputs)}"
+                )
+            write = op.write(next(iter(inputs.values())))
+            step.counters.rows, step.counters.bytes = write.rows, write.bytes
+            return None, write
+        if isinstance(op, Source):
+            stream = op.open()
+        else:
+            assert isinstance(op, Transform)
+            stream = op.apply(inputs)
+        stream = counted(stream, _counter(step.counters, step.ctx))
+    return stream, None
+
+
+def _run_chunked(task: TaskRun, steps: list[_Step], on_checkpoint: CheckpointFn) -> WriteResult:
+    source, sink = steps[0].operator, steps[-1].operator
+    assert isinstance(source, ChunkedSource) and isinstance(sink, ChunkedSink)
+    try:
+        token = sink.begin(task.spec.resume_state or None)
+    except AlreadyFinished as done:
+        steps[-1].counters.rows, steps[-1].counters.bytes = done.result.rows, done.result.bytes
+        return done.result
+    try:
+        for chunk in source.open_chunks(token):
+            stream = counted(chunk.stream, _counter(steps[0].counters, steps[0].ctx))
+            for index, step in enumerate(steps[1:-1], start=1):
+                assert isinstance(step.operator, Transform)
+                stream = step.operator.apply({steps[index - 1].step_id: stream})
+                stream = counted(stream, _counter(step.counters, step.ctx))
+            before = steps[-1].counters.rows
+            sink.write_chunk(counted(stream, _counter(steps[-1].counters, steps[-1].ctx)))
+            state = sink.commit_chunk(chunk.token)
+            on_checkpoint(chunk.token, state, steps[-1].counters.rows - before)
+        write = sink.finish()
+    except BaseException:
+        sink.abort()
+        raise
+    steps[-1].counters.rows, steps[-1].counters.bytes = write.rows, write.bytes
+    return write
 
 
 def _counter(counters: StepCounters, ctx: StepContext) -> Callable[[pa.RecordBatch], None]:

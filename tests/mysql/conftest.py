@@ -24,8 +24,16 @@ class MySQLServer:
     database: str
 
     def connect(self, database: str | None = None, **kwargs: Any) -> pymysql.connections.Connection:
-        return pymysql.connect(host=self.host, port=self.port, user=self.user, password=self.password,
-                               database=database or self.database, charset="utf8mb4", autocommit=True, **kwargs)
+        return pymysql.connect(
+            host=self.host,
+            port=self.port,
+            user=self.user,
+            password=self.password,
+            database=database or self.database,
+            charset="utf8mb4",
+            autocommit=True,
+            **kwargs,
+        )
 
     def execute(self, sql: str, args: Any = None) -> list[tuple[Any, ...]]:
         conn = self.connect()
@@ -42,7 +50,7 @@ class MySQLServer:
         path.write_text(
             "version: 1\nconnections:\n  mysql:\n"
             f"    {alias}:\n      host: {self.host}\n      port: {self.port}\n      database: {self.database}\n"
-            f"      user: {self.user}\n      password: \"{password}\"\n"
+            f'      user: {self.user}\n      password: "{password}"\n'
         )
         return path
 
@@ -57,9 +65,11 @@ def mysql_server() -> Iterator[MySQLServer]:
     try:
         admin = pymysql.connect(host=host, port=port, user=user, password=password, autocommit=True)
     except pymysql.err.OperationalError as exc:
-        pytest.fail(f"MySQL/MariaDB is not reachable at {host}:{port} as {user} ({exc.args[-1]}); "
-                    "start it (.ci/run does: start-stop-daemon --start --exec /usr/sbin/mariadbd) "
-                    "or set OSIRIS_TEST_MYSQL_HOST/PORT/USER/PASSWORD")
+        pytest.fail(
+            f"MySQL/MariaDB is not reachable at {host}:{port} as {user} ({exc.args[-1]}); "
+            "start it (.ci/run does: start-stop-daemon --start --exec /usr/sbin/mariadbd) "
+            "or set OSIRIS_TEST_MYSQL_HOST/PORT/USER/PASSWORD"
+        )
     with admin.cursor() as cur:
         cur.execute(f"CREATE DATABASE `{database}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
     try:
