@@ -49,7 +49,8 @@ class MySQLServer:
         password = f"${{{password_env}}}" if password_env else self.password
         path.write_text(
             "version: 1\nconnections:\n  mysql:\n"
-            f"    {alias}:\n      host: {self.host}\n      port: {self.port}\n      database: {self.database}\n"
+            f"    {alias}:\n      host: {self.host}\n      port: {self.port}\n"
+            f"      database: {self.database}\n"
             f'      user: {self.user}\n      password: "{password}"\n'
         )
         return path
