@@ -293,3 +293,53 @@ def run_in_process(manifest: Manifest, registry: Registry, batch_rows: int = 655
         else:
             outputs[step.id] = (stream.schema, list(stream.batches()))
     return rows
+
+
+def ensure_csv(path: Path, rows: int, seed: int = 42) -> Path:
+    """Generate the CSV once (a sidecar records rows and seed; a mismatch regenerates it)."""
+    import pyarrow.csv as pacsv
+
+    meta = path.with_suffix(path.suffix + ".meta.json")
+    want = {"rows": rows, "seed": seed, "version": 1}
+    if path.is_file() and meta.is_file() and json.loads(meta.read_text()) == want:
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    writer: pacsv.CSVWriter | None = None
+    for batch in event_batches(rows, seed):
+        if writer is None:
+            writer = pacsv.CSVWriter(str(path), batch.schema)
+        writer.write_batch(batch)
+    assert writer is not None
+    writer.close()
+    meta.write_text(json.dumps(want))
+    print(f"generated {path} ({rows:,} rows, {path.stat().st_size / 1e6:,.0f} MB) in "
+          f"{time.perf_counter() - started:.1f} s", flush=True)
+    return path
+
+
+def ensure_parquet(path: Path, rows: int, seed: int = 42, row_group_rows: int = 65536) -> int:
+    """Generate the Parquet file once; returns its Arrow size in bytes (sum of batch nbytes)."""
+    import pyarrow.parquet as pq
+
+    meta = path.with_suffix(path.suffix + ".meta.json")
+    want = {"rows": rows, "seed": seed, "row_group_rows": row_group_rows, "version": 1}
+    if path.is_file() and meta.is_file():
+        have = json.loads(meta.read_text())
+        if {k: have.get(k) for k in want} == want:
+            return int(have["arrow_bytes"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    arrow_bytes = 0
+    writer: pq.ParquetWriter | None = None
+    for batch in event_batches(rows, seed, chunk=row_group_rows):
+        if writer is None:
+            writer = pq.ParquetWriter(str(path), batch.schema, compression="snappy")
+        writer.write_batch(batch, row_group_size=row_group_rows)
+        arrow_bytes += batch.nbytes
+    assert writer is not None
+    writer.close()
+    meta.write_text(json.dumps({**want, "arrow_bytes": arrow_bytes}))
+    print(f"generated {path} ({rows:,} rows, {arrow_bytes / 2**20:,.0f} MiB as Arrow, "
+          f"{path.stat().st_size / 2**20:,.0f} MiB on disk) in {time.perf_counter() - started:.1f} s", flush=True)
+    return arrow_bytes

@@ -20,7 +20,7 @@ import msgpack
 
 from osiris_flight.errors import ProtocolError
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 _REGISTRY: dict[str, type[Message]] = {}
 

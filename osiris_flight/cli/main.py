@@ -43,6 +43,10 @@ def _fail(exc: OsirisFlightError, as_json: bool) -> NoReturn:
     sys.exit(exc.exit_code)
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def pipeline_options(f: F) -> F:
     f = click.option("--param", "params", multiple=True, metavar="K=V", help="set a pipeline param")(f)
     f = click.option("--profile", default=None, help="params profile to apply")(f)
@@ -122,7 +126,8 @@ def validate(
             )
         )
     else:
-        click.echo(f"{pipeline}: valid ({len(manifest.steps)} steps, {len(plan.stages)} stages)")
+        steps, stages = len(manifest.steps), len(plan.stages)
+        click.echo(f"{pipeline}: valid ({_count(steps, 'step')}, {_count(stages, 'stage')})")
 
 
 @cli.command("compile")
@@ -230,7 +235,8 @@ def run(
             resume_id=resume_id,
             cluster=cluster or config.cluster.coordinator,
             run_logs=Path(run_logs or config.run_logs).resolve(),
-            quiet=quiet or as_json,
+            quiet=quiet,
+            as_json=as_json,
         )
         outcome = execute(config, request, console)
     except OsirisFlightError as exc:
@@ -251,16 +257,30 @@ def run(
     sys.exit(outcome.exit_code)
 
 
+def _run_logs(run_logs: str | None, config_path: str | None, as_json: bool) -> Path:
+    """--run-logs, else osiris.yaml's run_logs, else ./run_logs."""
+    if run_logs:
+        return Path(run_logs)
+    try:
+        return Path(load_config(config_path).run_logs)
+    except OsirisFlightError as exc:
+        _fail(exc, as_json)
+
+
 @cli.command()
-@click.option("--run-logs", default="run_logs", type=click.Path(), show_default=True)
+@click.option(
+    "--run-logs", default=None, type=click.Path(), help="default: osiris.yaml run_logs, or run_logs"
+)
+@click.option("--config", "config_path", type=click.Path(), default=None)
 @click.option("--limit", type=int, default=20, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
-def runs(run_logs: str, limit: int, as_json: bool) -> None:
+def runs(run_logs: str | None, config_path: str | None, limit: int, as_json: bool) -> None:
     """List recent runs, newest first."""
     from osiris_flight.runs.rundir import list_runs
 
+    root = _run_logs(run_logs, config_path, as_json)
     rows = []
-    for run_dir in list_runs(Path(run_logs))[:limit]:
+    for run_dir in list_runs(root)[:limit]:
         status = run_dir.read_status()
         rows.append(
             {
@@ -276,21 +296,24 @@ def runs(run_logs: str, limit: int, as_json: bool) -> None:
         click.echo(json.dumps(rows, indent=2))
         return
     if not rows:
-        click.echo(f"no runs under {run_logs}")
+        click.echo(f"no runs under {root}")
     for row in rows:
         click.echo(f"{row['run_id']}  {row['status'] or '?':<8}  {row['pipeline']:<28} {row['run_dir']}")
 
 
 @cli.command()
 @click.argument("run_id")
-@click.option("--run-logs", default="run_logs", type=click.Path(), show_default=True)
+@click.option(
+    "--run-logs", default=None, type=click.Path(), help="default: osiris.yaml run_logs, or run_logs"
+)
+@click.option("--config", "config_path", type=click.Path(), default=None)
 @click.option("--json", "as_json", is_flag=True, help="raw events.jsonl lines")
-def logs(run_id: str, run_logs: str, as_json: bool) -> None:
+def logs(run_id: str, run_logs: str | None, config_path: str | None, as_json: bool) -> None:
     """Show a run's events."""
     from osiris_flight.runs.rundir import find_run
 
     try:
-        run_dir = find_run(Path(run_logs), run_id)
+        run_dir = find_run(_run_logs(run_logs, config_path, as_json), run_id)
     except OsirisFlightError as exc:
         _fail(exc, as_json)
     if not run_dir.events.exists():

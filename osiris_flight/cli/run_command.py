@@ -39,7 +39,8 @@ class RunRequest:
     resume_id: str | None = None
     cluster: str | None = None
     run_logs: Path = field(default_factory=lambda: Path("run_logs").resolve())
-    quiet: bool = False
+    quiet: bool = False  # no live progress, only the summary
+    as_json: bool = False  # nothing on stdout but the final JSON document
 
 
 @dataclass
@@ -114,10 +115,10 @@ def _follow(
 ) -> RunOutcome:
     steps = {s.id: StepView(s.component) for s in manifest.steps}
     cancel_sent_at: float | None = None
-    if not request.quiet:
+    if not (request.quiet or request.as_json):
         verb = "resuming" if submit.resume else "running"
         console.print(f"{verb} {manifest.name} as run {submit.run_id}")
-    with ProgressView(steps, quiet=request.quiet, console=console) as view:
+    with ProgressView(steps, quiet=request.quiet or request.as_json, console=console) as view:
         for message in client.run(submit):
             if interrupted.is_set() and cancel_sent_at is None:
                 client.cancel(submit.run_id, "interrupted (Ctrl-C)")
@@ -137,7 +138,7 @@ def _follow(
                 break
         else:  # pragma: no cover - client.run always ends with RunFinished
             raise RuntimeError("the run stream ended without a result")
-    if not request.quiet:
+    if not request.as_json:
         print_summary(console, finished.run_id, finished.status, finished.error, finished.summary)
     if cancel_sent_at is not None:
         code = EXIT_INTERRUPTED

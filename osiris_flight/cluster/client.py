@@ -65,18 +65,36 @@ class Client:
                 )
             time.sleep(0.05)
 
-    def run(self, submit: p.SubmitRun, accept_timeout_s: float = 30.0) -> Iterator[p.Message]:
-        """Submit and yield RunAccepted, RunEvents and finally RunFinished."""
+    def run(
+        self, submit: p.SubmitRun, accept_timeout_s: float = 30.0, silence_limit_s: float = 15.0
+    ) -> Iterator[p.Message]:
+        """Submit and yield RunAccepted, RunEvents and finally RunFinished.
+
+        A quiet coordinator is pinged (ClusterStatusRequest) after a few silent seconds; one that
+        stays silent for ``silence_limit_s`` is declared gone rather than waited for forever.
+        """
         self.send(submit)
         accepted = False
         deadline = time.monotonic() + accept_timeout_s
+        last_heard = time.monotonic()
+        pinged = False
         while True:
             message = self.receive(0.5)
+            now = time.monotonic()
             if message is None:
-                if not accepted and time.monotonic() > deadline:
+                if not accepted and now > deadline:
                     raise CoordinatorUnreachable(f"the coordinator at {self.address} did not accept the run")
+                if accepted and now - last_heard > silence_limit_s:
+                    raise CoordinatorUnreachable(
+                        f"the coordinator at {self.address} stopped answering during run {submit.run_id}; "
+                        f"the run can be continued with --resume {submit.run_id} once it is back"
+                    )
+                if accepted and not pinged and now - last_heard > silence_limit_s / 3:
+                    self.send(p.ClusterStatusRequest())
+                    pinged = True
                 yield p.RunEvent(submit.run_id, {"event": "tick"})
                 continue
+            last_heard, pinged = now, False
             if getattr(message, "run_id", submit.run_id) != submit.run_id:
                 continue
             if isinstance(message, p.RunAccepted):

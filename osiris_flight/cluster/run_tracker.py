@@ -79,6 +79,10 @@ class RunTracker:
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self, skipped_tasks: list[str]) -> None:
+        for task_id in skipped_tasks:
+            for step_id in self.plan.stage(parse_task_id(task_id)[0]).steps:
+                if self.steps[step_id].state == "pending":
+                    self.steps[step_id].state = "skipped"
         self.journal.started(self.manifest.fingerprint(), self.resumed)
         self.telemetry.event(
             "run_resumed" if self.resumed else "run_start",

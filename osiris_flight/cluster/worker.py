@@ -83,13 +83,17 @@ class Worker:
         self._spills: dict[tuple[str, str, int], list[dict[str, object]]] = {}
         self._stop = threading.Event()
         self._rejoin = False
+        self.heartbeat_interval_s = options.heartbeat_interval_s
         self._zmq = zmq.Context()
         self._inbox_addr = f"inproc://inbox-{uuid.uuid4().hex}"
         self._process = psutil.Process()
 
     @property
     def flight_uri(self) -> str:
+        """Where peers fetch this worker's outputs: a wildcard bind is advertised by host name."""
         host = self.options.advertise_host or self.options.bind_host
+        if host in ("0.0.0.0", "::", ""):
+            host = socket.getfqdn()
         return f"grpc://{host}:{self.flight.port}"
 
     # -- main loop -----------------------------------------------------------------------------
@@ -139,6 +143,8 @@ class Worker:
                 if isinstance(message, p.Welcome):
                     for module in message.plugins:  # loading a module twice is a no-op
                         self.registry.load_module(module)
+                    # The coordinator's interval wins: it is the one that declares workers dead.
+                    self.heartbeat_interval_s = message.heartbeat_interval_s
                     log.info("worker %s joined %s", self.worker_id, self.options.coordinator)
                     return True
                 if isinstance(message, p.Reject):
@@ -155,7 +161,7 @@ class Worker:
         poller.register(inbox, zmq.POLLIN)
         last_sent = time.monotonic()
         last_progress = last_sent
-        interval = self.options.heartbeat_interval_s
+        interval = self.heartbeat_interval_s
         while not self._stop.is_set():
             events = dict(poller.poll(timeout=min(100, int(interval * 250))))
             if inbox in events:
@@ -273,9 +279,13 @@ class Worker:
         key = (spec.run_id, spec.task_id, spec.attempt)
         push = self._zmq.socket(zmq.PUSH)
         push.connect(self._inbox_addr)
-        push.send(
-            p.encode(p.TaskStarted(spec.run_id, spec.task_id, spec.attempt, self.worker_id, task.started_at))
-        )
+
+        def send(message: p.Message) -> None:
+            # ZMQError: the worker is stopping and its context is gone, so there is nobody to tell.
+            with contextlib.suppress(zmq.ZMQError):
+                push.send(p.encode(message))
+
+        send(p.TaskStarted(spec.run_id, spec.task_id, spec.attempt, self.worker_id, task.started_at))
 
         def open_input(step_id: str) -> RowStream:
             pairs = [
@@ -289,25 +299,17 @@ class Worker:
         try:
 
             def checkpoint(token: str, state: dict[str, Any], rows: int) -> None:
-                push.send(
-                    p.encode(p.TaskCheckpoint(spec.run_id, spec.task_id, spec.attempt, token, state, rows))
-                )
+                send(p.TaskCheckpoint(spec.run_id, spec.task_id, spec.attempt, token, state, rows))
 
             def metric(name: str, value: float, **tags: Any) -> None:
-                push.send(
-                    p.encode(
-                        p.TaskTelemetry(
-                            spec.run_id, spec.task_id, spec.attempt, "metric", name, float(value), tags
-                        )
+                send(
+                    p.TaskTelemetry(
+                        spec.run_id, spec.task_id, spec.attempt, "metric", name, float(value), tags
                     )
                 )
 
             def event(name: str, **fields: Any) -> None:
-                push.send(
-                    p.encode(
-                        p.TaskTelemetry(spec.run_id, spec.task_id, spec.attempt, "event", name, 0.0, fields)
-                    )
-                )
+                send(p.TaskTelemetry(spec.run_id, spec.task_id, spec.attempt, "event", name, 0.0, fields))
 
             result = run_task(
                 task,
@@ -348,7 +350,7 @@ class Worker:
         finally:
             shutil.rmtree(work_dir, ignore_errors=True)
         self.tasks.pop(key, None)
-        push.send(p.encode(reply))
+        send(reply)
         push.close(linger=1000)
 
     def _on_spill(self, event: object) -> None:

@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: config keys keep their order (1 sorted them)
 PLAN_VERSION = 1
 
 
