@@ -21,6 +21,7 @@ Policy, in short:
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -191,6 +192,7 @@ class TaskState:
     avoid_worker: str | None = None
     output_available: bool = False
     released: bool = False
+    consumers_done: int = 0  # how many of ``consumers`` are DONE (kept by Scheduler._set_status)
 
     @property
     def has_output(self) -> bool:
@@ -216,6 +218,9 @@ class RunState:
     max_attempts: int
     max_disturbances: int
     finished: bool = False
+    # PENDING tasks as (order, task_id), sorted: the scheduler scans only these, in plan order.
+    pending: list[tuple[int, str]] = field(default_factory=list)
+    unfinished: int = 0  # tasks neither DONE nor SKIPPED
 
 
 class Scheduler:
@@ -265,21 +270,27 @@ class Scheduler:
             for partition, tid in enumerate(stage.task_ids()):
                 tasks[tid] = TaskState(ev.run_id, tid, stage, partition, order, deps)
                 order += 1
+        consumers: dict[str, list[str]] = {tid: [] for tid in tasks}
         for t in tasks.values():
-            t.consumers = tuple(c.task_id for c in tasks.values() if t.task_id in c.deps)
+            for dep in t.deps:
+                consumers[dep].append(t.task_id)
+        for t in tasks.values():
+            t.consumers = tuple(consumers[t.task_id])
         run = RunState(ev.run_id, ev.plan, tasks, max(1, ev.max_attempts), self.max_disturbances)
+        run.unfinished = len(tasks)
+        run.pending = [(t.order, t.task_id) for t in tasks.values()]
         self.runs[ev.run_id] = run
         # Resume: committed terminal tasks are done; tasks that only fed committed ones are skipped.
         for t in tasks.values():
             if t.task_id in ev.committed:
-                t.status = Status.DONE
-        for t in sorted(tasks.values(), key=lambda t: -t.order):
+                self._set_status(run, t, Status.DONE)
+        for t in reversed(tasks.values()):
             if (
                 t.status is Status.PENDING
                 and t.consumers
                 and all(tasks[c].status in (Status.DONE, Status.SKIPPED) for c in t.consumers)
             ):
-                t.status = Status.SKIPPED
+                self._set_status(run, t, Status.SKIPPED)
         self._check_run_done(run, out)
 
     def _succeeded(self, ev: TaskSucceeded, out: list[Instruction]) -> None:
@@ -287,11 +298,11 @@ class Scheduler:
         if t is None:
             return
         self._free_slot(t)
-        t.status = Status.DONE
+        run = self.runs[ev.run_id]
+        self._set_status(run, t, Status.DONE)
         t.worker = ev.worker_id
         t.output_available = t.has_output
         t.released = False
-        run = self.runs[ev.run_id]
         if t.has_output and not t.consumers:
             self._release(t, out)
         for dep in t.deps:
@@ -304,7 +315,7 @@ class Scheduler:
             return
         run = self.runs[ev.run_id]
         self._free_slot(t)
-        t.status = Status.FAILED
+        self._set_status(run, t, Status.FAILED)
         if t.has_output:
             out.append(Release(t.run_id, t.task_id, t.attempt, ev.worker_id))
         if not ev.transient:
@@ -317,7 +328,7 @@ class Scheduler:
             )
             return
         delay = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (t.failures - 1))
-        t.status = Status.PENDING
+        self._set_status(run, t, Status.PENDING)
         t.worker = None
         t.not_before = ev.now + delay
         t.avoid_worker = ev.worker_id
@@ -332,7 +343,7 @@ class Scheduler:
         for run in self.runs.values():
             if run.finished:
                 continue
-            for t in sorted(run.tasks.values(), key=lambda t: t.order):
+            for t in list(run.tasks.values()):  # plan order
                 if t.worker != ev.worker_id:
                     continue
                 if t.status is Status.RUNNING:
@@ -343,6 +354,27 @@ class Scheduler:
                         self._reset_done(run, t, reason, out)
 
     # -- helpers -------------------------------------------------------------------------------
+    def _set_status(self, run: RunState, t: TaskState, status: Status) -> None:
+        """The one place a task's status changes, so the derived bookkeeping stays exact: the
+        sorted pending queue, the count of unfinished tasks, each task's count of done consumers.
+        """
+        old = t.status
+        if old is status:
+            return
+        if old is Status.PENDING:
+            index = bisect.bisect_left(run.pending, (t.order, t.task_id))
+            if index < len(run.pending) and run.pending[index] == (t.order, t.task_id):
+                del run.pending[index]
+        elif status is Status.PENDING:
+            bisect.insort(run.pending, (t.order, t.task_id))
+        finished = (Status.DONE, Status.SKIPPED)
+        run.unfinished += (old in finished) - (status in finished)
+        if (old is Status.DONE) != (status is Status.DONE):
+            step = 1 if status is Status.DONE else -1
+            for dep in t.deps:
+                run.tasks[dep].consumers_done += step
+        t.status = status
+
     def _current(self, run_id: str, task_id: str, attempt: int) -> TaskState | None:
         """The task if this report is about its current running attempt; stale reports are ignored."""
         run = self.runs.get(run_id)
@@ -375,7 +407,7 @@ class Scheduler:
                 run, f"task {t.task_id} was disturbed {t.disturbances} times; last: {reason}", t.task_id, out
             )
             return
-        t.status = Status.PENDING
+        self._set_status(run, t, Status.PENDING)
         t.worker = None
         out.append(Retry(t.run_id, t.task_id, t.attempt, reason, 0.0, counted=False))
         self._disturb_consumers(run, t, f"input {t.task_id} was lost", out)
@@ -389,7 +421,7 @@ class Scheduler:
 
     def _reset_done(self, run: RunState, t: TaskState, reason: str, out: list[Instruction]) -> None:
         """A finished task's output is gone but still needed: compute it again from its lineage."""
-        t.status = Status.PENDING
+        self._set_status(run, t, Status.PENDING)
         t.worker = None
         t.output_available = False
         out.append(Recompute(t.run_id, t.task_id, reason))
@@ -422,12 +454,12 @@ class Scheduler:
             if t.status is Status.RUNNING and t.worker is not None:
                 out.append(Cancel(t.run_id, t.task_id, t.attempt, t.worker, "run failed"))
                 self._free_slot(t)
-                t.status = Status.PENDING
+                self._set_status(run, t, Status.PENDING)
         run.finished = True
         out.append(RunFailed(run.run_id, error, task_id))
 
     def _check_run_done(self, run: RunState, out: list[Instruction]) -> None:
-        if not run.finished and all(t.status in (Status.DONE, Status.SKIPPED) for t in run.tasks.values()):
+        if not run.finished and run.unfinished == 0:
             run.finished = True
             out.append(RunSucceeded(run.run_id))
 
@@ -451,15 +483,18 @@ class Scheduler:
         return max(preferred, key=lambda w: (w.free, -len(w.running), w.worker_id))
 
     def _schedule(self, now: float, out: list[Instruction]) -> None:
+        """Start ready tasks, in plan order, while slots are free. Scans only pending tasks."""
         for run in self.runs.values():
             if run.finished:
                 continue
-            for t in sorted(run.tasks.values(), key=lambda t: t.order):
+            for _, task_id in list(run.pending):
+                if not any(w.free > 0 for w in self.workers.values()):
+                    return
+                t = run.tasks[task_id]
                 if not self._ready(run, t, now):
                     continue
                 worker = self._pick_worker(t)
-                if worker is None:
-                    return
+                assert worker is not None
                 inputs = tuple(
                     InputLocation(
                         run.tasks[d].stage.id,
@@ -470,7 +505,7 @@ class Scheduler:
                     for d in t.deps
                 )
                 t.attempt += 1
-                t.status = Status.RUNNING
+                self._set_status(run, t, Status.RUNNING)
                 t.worker = worker.worker_id
                 worker.running.add((t.run_id, t.task_id))
                 out.append(Assign(t.run_id, t.task_id, t.attempt, worker.worker_id, inputs))

@@ -228,3 +228,118 @@ def test_partitioned_stage_gathers_all_partitions():
     assigns = of(Assign, out)
     assert [a.task_id for a in assigns] == ["s0.p0", "s0.p1", "s0.p2", "s1.p0"]
     assert [i.partition for i in assigns[-1].inputs] == [0, 1, 2]
+
+
+# -- property: any interleaving of events keeps the bookkeeping exact and ends the run --------------
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@st.composite
+def plans(draw: st.DrawFn) -> Plan:
+    n = draw(st.integers(1, 7))
+    stages = []
+    for i in range(n):
+        inputs = (
+            tuple(sorted(draw(st.sets(st.sampled_from([f"s{j}" for j in range(i)]), max_size=2))))
+            if i
+            else ()
+        )
+        stages.append([f"s{i}", inputs, draw(st.integers(1, 3))])
+    consumers = {s[0]: [] for s in stages}
+    for sid, inputs, _ in stages:
+        for src in inputs:
+            consumers[src].append(sid)
+    return Plan(
+        tuple(
+            Stage(
+                sid,
+                (f"step{sid}",),
+                partitions=parts,
+                inputs=inputs,
+                consumers=tuple(consumers[sid]),
+                output="exchange" if consumers[sid] else "sink",
+            )
+            for sid, inputs, parts in stages
+        )
+    )
+
+
+def check_bookkeeping(s: Scheduler) -> None:
+    for run in s.runs.values():
+        if run.finished:
+            continue
+        pending = sorted((t.order, t.task_id) for t in run.tasks.values() if t.status is Status.PENDING)
+        assert run.pending == pending
+        assert run.unfinished == sum(
+            t.status not in (Status.DONE, Status.SKIPPED) for t in run.tasks.values()
+        )
+        for t in run.tasks.values():
+            assert t.consumers_done == sum(run.tasks[c].status is Status.DONE for c in t.consumers)
+    for w in s.workers.values():
+        assert len(w.running) <= w.slots
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    plans(),
+    st.lists(
+        st.tuples(st.sampled_from(["ok", "transient", "lose", "join"]), st.integers(0, 50)), max_size=60
+    ),
+)
+def test_any_event_sequence_keeps_bookkeeping_exact_and_finishes(plan: Plan, script: list) -> None:
+    s = cluster(("w0", 2), ("w1", 1))
+    running: dict[str, Assign] = {}
+
+    def apply(instructions: list) -> None:
+        for ins in instructions:
+            if isinstance(ins, Assign):
+                running[ins.task_id] = ins
+            elif isinstance(ins, Cancel):
+                running.pop(ins.task_id, None)
+
+    apply(s.handle(RunSubmitted("r", plan, now=0.0, max_attempts=1000)))
+    now, spawned = 1.0, 2
+    for action, pick in script:
+        now += 10.0
+        check_bookkeeping(s)
+        if s.runs["r"].finished:
+            break
+        live = [
+            a
+            for a in running.values()
+            if s.task("r", a.task_id).attempt == a.attempt and s.task("r", a.task_id).status is Status.RUNNING
+        ]
+        if action == "join":
+            apply(s.handle(WorkerJoined(f"w{spawned}", 1 + pick % 2, now=now)))
+            spawned += 1
+        elif action == "lose" and len(s.workers) > 1:
+            victim = sorted(s.workers)[pick % len(s.workers)]
+            apply(s.handle(WorkerLost(victim, "test", now=now)))
+        elif live:
+            a = live[pick % len(live)]
+            running.pop(a.task_id)
+            if action == "transient":
+                apply(s.handle(TaskFailed("r", a.task_id, a.attempt, a.worker_id, "x", True, now=now)))
+            else:
+                apply(s.handle(TaskSucceeded("r", a.task_id, a.attempt, a.worker_id, now=now)))
+        apply(s.handle(Tick(now=now)))
+    # Then let everything succeed: the run must finish.
+    for _ in range(10_000):
+        check_bookkeeping(s)
+        if s.runs["r"].finished:
+            break
+        now += 10.0
+        live = [
+            a
+            for a in running.values()
+            if s.task("r", a.task_id).attempt == a.attempt and s.task("r", a.task_id).status is Status.RUNNING
+        ]
+        if not live:
+            apply(s.handle(Tick(now=now)))
+            continue
+        a = live[0]
+        running.pop(a.task_id)
+        apply(s.handle(TaskSucceeded("r", a.task_id, a.attempt, a.worker_id, now=now)))
+    assert s.runs["r"].finished
+    assert s.runs["r"].unfinished == 0
