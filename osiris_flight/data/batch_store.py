@@ -399,7 +399,7 @@ class BatchStore:
         index = 0
         open_path: Path | None = None
         file_reader: ipc.RecordBatchFileReader | None = None
-        mapped: pa.MemoryMappedFile | None = None
+        mapped: pa.NativeFile | None = None
         try:
             while True:
                 with self._lock:
@@ -421,7 +421,11 @@ class BatchStore:
                             mapped.close()
                         mapped, file_reader = None, None
                         try:
-                            mapped = pa.memory_map(str(chunk.path), "r")
+                            # Plain reads, not a memory map: mapped pages a reader has touched count
+                            # in the worker's RSS until unmapped, so a long spilled output read
+                            # through a map makes RSS grow with data size; a read batch is freed
+                            # as soon as the consumer drops it.
+                            mapped = pa.OSFile(str(chunk.path), "r")
                             file_reader = _open_spill(mapped, chunk.path)
                         except (OSError, pa.ArrowException) as exc:
                             with self._lock:
@@ -485,7 +489,7 @@ class BatchStore:
         self.close()
 
 
-def _open_spill(source: pa.MemoryMappedFile, path: Path) -> ipc.RecordBatchFileReader:
+def _open_spill(source: pa.NativeFile, path: Path) -> ipc.RecordBatchFileReader:
     reader = ipc.open_file(source)
     version = (reader.metadata or {}).get(_SPILL_VERSION_KEY)
     if version != SPILL_FORMAT_VERSION.encode():

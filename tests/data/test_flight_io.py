@@ -21,7 +21,7 @@ from osiris_flight.data.batch_store import BatchStore, batch_nbytes
 from osiris_flight.data.flight_io import FlightClientPool, FlightDataServer
 from osiris_flight.data.rowstream import RowStream
 from osiris_flight.errors import ProtocolError, TerminalError, UpstreamLost
-from osiris_flight.protocol import FetchOutput, encode
+from osiris_flight.protocol import PROTOCOL_VERSION, FetchOutput, encode
 
 BatchFactory = Callable[[int, int], pa.RecordBatch]
 TICKET = FetchOutput("run-1", "stage-a", 3, 2)
@@ -231,7 +231,8 @@ def test_version_skewed_peer_refusal_is_a_protocol_error(tmp_path: Path, pool: F
     )
     peer, uri = _spawn(script)
     try:
-        with pytest.raises(ProtocolError, match=r"refused the ticket: bad ticket: protocol version 1 is not"):
+        ours = f"protocol version {PROTOCOL_VERSION} is not"
+        with pytest.raises(ProtocolError, match=rf"refused the ticket: bad ticket: {ours}"):
             pool.read(uri, TICKET)
     finally:
         peer.kill()
