@@ -328,6 +328,9 @@ def logs(run_id: str, run_logs: str | None, config_path: str | None, as_json: bo
         click.echo(f"{ev['ts']}  {ev['event']:<16} " + " ".join(f"{k}={v}" for k, v in detail.items()))
 
 
+cli.add_command(__import__("osiris_flight.cli.connections", fromlist=["connections"]).connections)
+
+
 def main() -> None:
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     try:

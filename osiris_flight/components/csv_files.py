@@ -109,6 +109,16 @@ EXTRACTOR_SCHEMA: dict[str, Any] = {
     },
 }
 
+_NEWLINES = {"\n": "\n", "\r\n": "\r\n", "\r": "\r", "lf": "\n", "crlf": "\r\n", "cr": "\r"}
+_QUOTING = {
+    "needed": "needed",
+    "all_valid": "all_valid",
+    "none": "none",
+    "minimal": "needed",
+    "nonnumeric": "needed",
+    "all": "all_valid",
+}
+
 WRITER_SCHEMA: dict[str, Any] = {
     "$schema": SCHEMA_DIALECT,
     "title": "filesystem.csv_writer",
@@ -130,7 +140,22 @@ WRITER_SCHEMA: dict[str, Any] = {
             "description": "Text encoding (any Python codec name). Default utf-8; other encodings are "
             "transcoded per batch and a character the encoding lacks fails the step.",
         },
-        "newline": {"enum": ["\n", "\r\n"], "default": "\n", "description": "Line ending. Default '\\n'."},
+        "newline": {
+            "enum": ["\n", "\r\n", "\r", "lf", "crlf", "cr"],
+            "default": "\n",
+            "description": "Line ending: lf (default), crlf or cr (Osiris' names), or the characters.",
+        },
+        "column_order": {
+            "enum": ["sorted", "input"],
+            "default": "sorted",
+            "description": "sorted (default, as Osiris writes CSV): columns in alphabetical order; "
+            "input: in the order the stream has them.",
+        },
+        "chunk_size": {
+            "type": "integer",
+            "minimum": 1,
+            "description": "Accepted for Osiris compatibility and ignored: the writer streams batches.",
+        },
         "write_mode": {
             "enum": ["overwrite", "append"],
             "default": "overwrite",
@@ -143,10 +168,12 @@ WRITER_SCHEMA: dict[str, Any] = {
             "description": "Create missing parent directories. Default true.",
         },
         "quoting": {
-            "enum": ["needed", "all_valid", "none"],
+            "enum": ["needed", "all_valid", "none", "minimal", "all", "nonnumeric"],
             "default": "needed",
             "description": "needed (default): quote strings; all_valid: quote every non-null value; "
-            "none: never quote (fails on a value containing the delimiter, a quote or a newline).",
+            "none: never quote (fails on a value containing the delimiter, a quote or a newline). "
+            "Osiris' names are accepted: minimal and nonnumeric mean needed (Arrow's writer quotes "
+            "every string, so minimal quotes more than pandas would), all means all_valid.",
         },
         "null_string": {
             "type": "string",
@@ -243,7 +270,7 @@ class CsvExtractor(Source):
         per_row = max(1.0, len(sample) / max(1, len(lines)))
         cap = max(MIN_BLOCK_BYTES, min(MAX_BLOCK_BYTES, self.ctx.memory_limit_bytes // READER_MEMORY_FACTOR))
         wanted = max(int(per_row * self.ctx.batch_rows), 16 * longest, MIN_BLOCK_BYTES)
-        return min(wanted, cap), per_row
+        return max(min(wanted, cap), 2 * longest), per_row  # a row must always fit in a block
 
     def _open_reader(
         self, path: Path, block_size: int, *, ignore_empty_lines: bool = True
@@ -350,6 +377,13 @@ class CsvWriter(Sink):
         target = _files.partition_target(self.ctx, _files.resolve_path(str(cfg["path"])))
         _files.prepare_target(self.ctx, target, create_dirs=bool(cfg.get("create_dirs", True)))
         schema = stream.schema
+        order = sorted(schema.names) if cfg.get("column_order", "sorted") == "sorted" else schema.names
+        if order != schema.names:
+            source = stream
+            stream = RowStream(
+                (b.select(order) for b in source.batches()), pa.schema([schema.field(n) for n in order])
+            )
+            schema = stream.schema
         nested = [f.name for f in schema if pa.types.is_nested(f.type)]
         if nested:
             raise TerminalError(
@@ -396,8 +430,8 @@ class CsvWriter(Sink):
         return pacsv.WriteOptions(
             include_header=bool(cfg.get("header", True)) and header,
             delimiter=str(cfg.get("delimiter", ",")),
-            quoting_style=str(cfg.get("quoting", "needed")),
-            eol=str(cfg.get("newline", "\n")),
+            quoting_style=_QUOTING[str(cfg.get("quoting", "needed"))],
+            eol=_NEWLINES[str(cfg.get("newline", "\n"))],
             null_string=str(cfg.get("null_string", "")),
         )
 
@@ -408,7 +442,7 @@ class CsvWriter(Sink):
         not write a second byte-order mark in the middle of the file.
         """
         cfg = self.config
-        newline = str(cfg.get("newline", "\n"))
+        newline = _NEWLINES[str(cfg.get("newline", "\n"))]
         with target.open("r", encoding=encoding, newline="") as existing:
             first = existing.readline()
         if cfg.get("header", True):

@@ -22,6 +22,7 @@ BUILTIN_MODULES = (
     "osiris_flight.components.filter",
     "osiris_flight.components.aggregator",
     "osiris_flight.components.joiner",
+    "osiris_flight.components.duckdb_processor",
 )
 
 

@@ -27,7 +27,7 @@ BIN = Path(sys.executable).parent
 def cli_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    env["OSIRIS_FLIGHT_PLUGINS"] = "tests.chaos"
+    env["OSIRIS_FLIGHT_PLUGINS"] = "tests.chaos,tests.osiris_plugin"
     env.pop("OSIRIS_CONNECTIONS_FILE", None)
     return env
 
@@ -150,6 +150,11 @@ def write_events_csv(path: Path, rows: int, seed: int = 7) -> pa.Table:
 
 def read_csv(path: Path) -> pa.Table:
     return pacsv.read_csv(path)
+
+
+def same_rows(got: pa.Table, want: pa.Table, key: str = "event_id") -> bool:
+    """Same rows and columns, whatever the column order (CSV writers sort columns, as Osiris does)."""
+    return bool(got.select(want.column_names).sort_by(key).equals(want.sort_by(key)))
 
 
 @pytest.fixture

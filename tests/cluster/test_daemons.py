@@ -18,6 +18,7 @@ from tests.cluster.conftest import (
     events,
     latest_run_dir,
     read_csv,
+    same_rows,
     start_osiris,
     wait_until,
     write_events_csv,
@@ -110,7 +111,7 @@ def test_worker_that_misses_heartbeats_is_declared_dead_and_its_task_reruns(tmp_
         starts = [e for e in evs if e["event"] == "task_start"]
         assert starts[-1]["worker_id"] != start["worker_id"]
         got = read_csv(tmp_path / "out/copy.csv")
-        assert got.sort_by("event_id").equals(table.sort_by("event_id"))
+        assert same_rows(got, table)
     finally:
         if stopped is not None:
             os.kill(stopped, signal.SIGCONT)

@@ -103,7 +103,9 @@ def test_block_size_follows_sample_and_budget(tmp_path: Path) -> None:
     assert per_row == pytest.approx(8, abs=0.1)
     assert block == pytest.approx(80_000, rel=0.01)
     block, _ = extractor._block_size(b"x" * 70_000 + b"\n")
-    assert block == 1 << 20  # 16 x the longest row, capped at budget / 8
+    assert block == (8 << 20) // 40  # 16 x the longest row, capped for the reader's ~40-block working set
+    block, _ = extractor._block_size(b"x" * 200_000 + b"\n")
+    assert block == 2 * 200_001  # the cap never cuts a block below what its longest row needs
 
 
 def test_missing_file_names_path_and_step(tmp_path: Path) -> None:

@@ -20,13 +20,14 @@ EXPECTED: dict[str, tuple[str, dict[str, Any]]] = {
     "transform.filter": ("transform", {"where": "amount > 0"}),
     "transform.aggregator": ("transform", {"group_by": ["user_id"], "aggregations": {"n": "count"}}),
     "transform.joiner": ("transform", {"join_type": "inner", "on": ["date"]}),
+    "duckdb.processor": ("transform", {"query": "SELECT a, count(*) FROM df_extract_x GROUP BY a"}),
 }
 
 
 def test_registry_holds_every_builtin() -> None:
     registry = build_registry()
     assert registry.names() == sorted(EXPECTED)
-    assert len(BUILTIN_MODULES) == 5
+    assert len(BUILTIN_MODULES) == 6
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
