@@ -12,9 +12,10 @@ cancelled attempt stops at the next batch boundary of any step.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from osiris_flight.components.base import (
 )
 from osiris_flight.components.registry import Registry
 from osiris_flight.data.batch_store import BatchStore
-from osiris_flight.data.rowstream import RowStream, counted
+from osiris_flight.data.rowstream import RowStream
 from osiris_flight.errors import TerminalError
 from osiris_flight.oml.connections import resolve_runtime_config
 
@@ -132,18 +133,22 @@ def run_task(
     ]
     stream: RowStream | None = None
     write: WriteResult | None = None
-    if _is_chunked(steps):
-        write = _run_chunked(task, steps, on_checkpoint)
-    else:
-        stream, write = _run_streaming(steps, spec.steps[0], open_input)
-
     result = TaskResult(steps={})
-    if stream is not None:
-        if spec.output == "exchange":
-            result.output_rows, result.output_bytes = _store_output(task, stream, store)
+    try:
+        if _is_chunked(steps):
+            write = _run_chunked(task, steps, on_checkpoint)
         else:
-            for batch in stream.batches():
-                result.output_rows += batch.num_rows
+            stream, write = _run_streaming(steps, spec.steps[0], open_input)
+        if stream is not None:
+            if spec.output == "exchange":
+                result.output_rows, result.output_bytes = _store_output(task, stream, store)
+            else:
+                for batch in stream.batches():
+                    result.output_rows += batch.num_rows
+    except BaseException as exc:
+        # In a fused chain every step runs inside the last one's pull: report the step that raised.
+        task.current_step = getattr(exc, BLAME, None) or task.current_step
+        raise
     result.write = write
     last = spec.steps[-1]["id"]
     result.steps = {
@@ -218,43 +223,51 @@ def _run_streaming(
             assert stream is not None
             inputs = {steps[index - 1].step_id: stream}
         op = step.operator
-        if isinstance(op, Sink):
-            if len(inputs) != 1:
-                raise TerminalError(
-                    f"step '{step.step_id}': a writer takes exactly one input, got {len(inputs)}"
-                )
-            write = op.write(next(iter(inputs.values())))
-            step.counters.rows, step.counters.bytes = write.rows, write.bytes
-            return None, write
-        if isinstance(op, Source):
-            stream = op.open()
-        else:
-            assert isinstance(op, Transform)
-            stream = op.apply(inputs)
-        stream = counted(stream, _counter(step.counters, step.ctx))
+        with _blamed_on(step.step_id):
+            if isinstance(op, Sink):
+                if len(inputs) != 1:
+                    raise TerminalError(
+                        f"step '{step.step_id}': a writer takes exactly one input, got {len(inputs)}"
+                    )
+                write = op.write(next(iter(inputs.values())))
+                step.counters.rows, step.counters.bytes = write.rows, write.bytes
+                return None, write
+            if isinstance(op, Source):
+                stream = op.open()
+            else:
+                assert isinstance(op, Transform)
+                stream = op.apply(inputs)
+        stream = _observed(stream, step)
     return stream, None
 
 
 def _run_chunked(task: TaskRun, steps: list[_Step], on_checkpoint: CheckpointFn) -> WriteResult:
     source, sink = steps[0].operator, steps[-1].operator
     assert isinstance(source, ChunkedSource) and isinstance(sink, ChunkedSink)
+    sink_id = steps[-1].step_id
     try:
-        token = sink.begin(task.spec.resume_state or None)
+        with _blamed_on(sink_id):
+            token = sink.begin(task.spec.resume_state or None)
     except AlreadyFinished as done:
         steps[-1].counters.rows, steps[-1].counters.bytes = done.result.rows, done.result.bytes
         return done.result
     try:
-        for chunk in source.open_chunks(token):
-            stream = counted(chunk.stream, _counter(steps[0].counters, steps[0].ctx))
+        with _blamed_on(steps[0].step_id):
+            chunks = source.open_chunks(token)
+        for chunk in chunks:
+            stream = _observed(chunk.stream, steps[0])
             for index, step in enumerate(steps[1:-1], start=1):
                 assert isinstance(step.operator, Transform)
-                stream = step.operator.apply({steps[index - 1].step_id: stream})
-                stream = counted(stream, _counter(step.counters, step.ctx))
+                with _blamed_on(step.step_id):
+                    stream = step.operator.apply({steps[index - 1].step_id: stream})
+                stream = _observed(stream, step)
             before = steps[-1].counters.rows
-            sink.write_chunk(counted(stream, _counter(steps[-1].counters, steps[-1].ctx)))
-            state = sink.commit_chunk(chunk.token)
+            with _blamed_on(sink_id):
+                sink.write_chunk(_observed(stream, steps[-1]))
+                state = sink.commit_chunk(chunk.token)
             on_checkpoint(chunk.token, state, steps[-1].counters.rows - before)
-        write = sink.finish()
+        with _blamed_on(sink_id):
+            write = sink.finish()
     except BaseException:
         sink.abort()
         raise
@@ -262,14 +275,47 @@ def _run_chunked(task: TaskRun, steps: list[_Step], on_checkpoint: CheckpointFn)
     return write
 
 
-def _counter(counters: StepCounters, ctx: StepContext) -> Callable[[pa.RecordBatch], None]:
-    def on_batch(batch: pa.RecordBatch) -> None:
-        ctx.check_cancelled()
-        counters.rows += batch.num_rows
-        counters.bytes += batch.nbytes
-        counters.batches += 1
+BLAME = "osiris_step"  # attribute naming the step an exception came from
 
-    return on_batch
+
+@contextlib.contextmanager
+def _blamed_on(step_id: str) -> Iterator[None]:
+    """Mark an exception with the step it came from, unless an inner step marked it already."""
+    try:
+        yield
+    except BaseException as exc:
+        if not hasattr(exc, BLAME):
+            with contextlib.suppress(AttributeError, TypeError):
+                setattr(exc, BLAME, step_id)
+        raise
+
+
+def _observed(stream: RowStream, step: _Step) -> RowStream:
+    """The step's output as the next step sees it: counted, cancellable, and with errors blamed on
+    this step when they come from its own code (or from upstream ones, already blamed)."""
+    counters, ctx = step.counters, step.ctx
+
+    def gen() -> Iterator[pa.RecordBatch]:
+        batches = stream.batches()
+        while True:
+            with _blamed_on(step.step_id):
+                batch = next(batches, None)
+            if batch is None:
+                return
+            ctx.check_cancelled()
+            counters.rows += batch.num_rows
+            counters.bytes += batch.nbytes
+            counters.batches += 1
+            yield batch
+
+    wrapped = RowStream(
+        gen(),
+        None,
+        estimated_rows=stream.estimate_size() if stream.estimate_size() >= 0 else None,
+        name=stream.name,
+    )
+    wrapped._schema = stream._schema
+    return wrapped
 
 
 def _store_output(task: TaskRun, stream: RowStream, store: BatchStore) -> tuple[int, int]:

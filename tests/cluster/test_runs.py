@@ -353,3 +353,20 @@ def test_ctrl_c_cancels_the_run_and_stops_every_process(workdir: Path) -> None:
     assert proc.returncode == 130
     assert_no_orphans(workdir)
     assert '"failed"' in (run_dir / "status.json").read_text()
+
+
+def test_a_failure_inside_a_fused_chain_is_blamed_on_the_step_that_raised(workdir: Path) -> None:
+    write_events_csv(workdir / "events.csv", 1_000)
+    (workdir / "pipeline.yaml").write_text(
+        'oml_version: "0.1.0"\nname: blame\nsteps:\n'  # 0.1.0: each non-read step needs the one before
+        "  - {id: extract, component: filesystem.csv_extractor, mode: read, config: {path: events.csv}}\n"
+        '  - {id: keep, component: transform.filter, mode: transform, config: {where: "amount > 1"}}\n'
+        "  - {id: write, component: filesystem.csv_writer, mode: write, config: {path: out/x.csv}}\n"
+    )
+    result = osiris(["run", "pipeline.yaml", "--workers", "1"], workdir)
+    assert result.code == 1
+    evs = events(latest_run_dir(workdir))
+    failed = next(e for e in evs if e["event"] == "task_failed")
+    assert failed["step_id"] == "keep" and "amount" in failed["error"]
+    assert failed["transient"] is False
+    assert not (workdir / "out/x.csv").exists()
