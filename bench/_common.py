@@ -92,7 +92,21 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "pyarrow": pa.__version__,
         "date_utc": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "load_avg_1m": round(os.getloadavg()[0], 2),  # other work on the machine skews every figure
+        "engine_commit": _git("rev-parse", "--short", "HEAD"),
+        "engine_uncommitted_changes": bool(_git("status", "--porcelain", "--", "osiris_flight")),
     }
+
+
+def _git(*args: str) -> str:
+    import subprocess
+
+    try:
+        return subprocess.run(
+            ["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
 
 
 def md_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
@@ -245,8 +259,12 @@ class RssSampler:
 
 
 # -- in-process baseline ----------------------------------------------------------------------------
-def run_in_process(manifest: Manifest, registry: Registry, batch_rows: int = 65536,
-                   memory_limit_bytes: int = 256 * 1024 * 1024) -> int:
+def run_in_process(
+    manifest: Manifest,
+    registry: Registry,
+    batch_rows: int = 65536,
+    memory_limit_bytes: int = 256 * 1024 * 1024,
+) -> int:
     """Run a manifest's component operators in this process, no cluster: the scheduling baseline.
 
     Steps run in file order (the bench pipelines list every step after its inputs). An output read
@@ -274,8 +292,13 @@ def run_in_process(manifest: Manifest, registry: Registry, batch_rows: int = 655
     for step in manifest.steps:
         spec = registry.get(step.component)
         assert spec is not None
-        ctx = StepContext(step_id=step.id, component=step.component, config=step.config,
-                          memory_limit_bytes=memory_limit_bytes, batch_rows=batch_rows)
+        ctx = StepContext(
+            step_id=step.id,
+            component=step.component,
+            config=step.config,
+            memory_limit_bytes=memory_limit_bytes,
+            batch_rows=batch_rows,
+        )
         operator = spec.operator(ctx)
         inputs = {dep: take(dep) for dep in step.inputs}
         if isinstance(operator, Sink):
@@ -313,8 +336,11 @@ def ensure_csv(path: Path, rows: int, seed: int = 42) -> Path:
     assert writer is not None
     writer.close()
     meta.write_text(json.dumps(want))
-    print(f"generated {path} ({rows:,} rows, {path.stat().st_size / 1e6:,.0f} MB) in "
-          f"{time.perf_counter() - started:.1f} s", flush=True)
+    print(
+        f"generated {path} ({rows:,} rows, {path.stat().st_size / 1e6:,.0f} MB) in "
+        f"{time.perf_counter() - started:.1f} s",
+        flush=True,
+    )
     return path
 
 
@@ -340,6 +366,9 @@ def ensure_parquet(path: Path, rows: int, seed: int = 42, row_group_rows: int = 
     assert writer is not None
     writer.close()
     meta.write_text(json.dumps({**want, "arrow_bytes": arrow_bytes}))
-    print(f"generated {path} ({rows:,} rows, {arrow_bytes / 2**20:,.0f} MiB as Arrow, "
-          f"{path.stat().st_size / 2**20:,.0f} MiB on disk) in {time.perf_counter() - started:.1f} s", flush=True)
+    print(
+        f"generated {path} ({rows:,} rows, {arrow_bytes / 2**20:,.0f} MiB as Arrow, "
+        f"{path.stat().st_size / 2**20:,.0f} MiB on disk) in {time.perf_counter() - started:.1f} s",
+        flush=True,
+    )
     return arrow_bytes

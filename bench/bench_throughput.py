@@ -3,14 +3,16 @@
 (a) fused: ``csv_extractor -> filter -> csv_writer`` (one task: batches pass in-process) over a 5M-row
     CSV (~314 MB), submitted to an already-started local cluster, and end to end with the
     ``osiris-flight run`` CLI (process start, compile, cluster start, run, stop). Baselines, in this
-    process: ``pyarrow.csv.open_csv`` streaming -> ``RecordBatch.filter(expression)`` ->
-    ``pyarrow.csv.CSVWriter``, once with pyarrow's default read options (what a user would write) and
-    once with the engine's reader settings (single-threaded, same block size) plus the engine's fsync,
-    which isolates the engine's own overhead. Goal: engine within 1.2x of the script.
+    process: the script ``pyarrow.csv.open_csv`` (streaming, default options) ->
+    ``RecordBatch.filter(expression)`` -> ``pyarrow.csv.CSVWriter`` (the goal's baseline), and the
+    engine's own operators built from the registry and run without a cluster (which splits the gap
+    into the engine's cost and the operators' cost). Goal: engine within 1.2x of the script.
 (b) fan-out: one CSV extract feeding two ``csv_writer`` steps (3 tasks; the extract's output goes
-    through the batch store and Arrow Flight) vs one script reading once and writing twice.
+    through the batch store and Arrow Flight) vs one script reading once and writing twice (and the
+    operators in one process, the shared output held as a list of batches).
 
-Every variant runs ``--repeats`` times (default 3), interleaved; the median is reported.
+Every variant runs ``--repeats`` times (default: 5 fused, 3 fan-out and CLI), interleaved with its
+baselines in a rotating order, after an untimed ``os.sync``; the median is reported.
 """
 
 from __future__ import annotations
@@ -26,10 +28,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import pyarrow as pa  # noqa: E402
-import pyarrow.compute as pc  # noqa: E402
-import pyarrow.csv as pacsv  # noqa: E402
-from _common import (  # noqa: E402
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+from _common import (
     DATA,
     RESULTS,
     WORK,
@@ -42,13 +44,14 @@ from _common import (  # noqa: E402
     md_table,
     median,
     require_success,
+    run_in_process,
     submit,
     write_results,
 )
 
-from osiris_flight.cluster.local import LocalCluster  # noqa: E402
-from osiris_flight.components.registry import build_registry  # noqa: E402
-from osiris_flight.config import Config, EngineConfig  # noqa: E402
+from osiris_flight.cluster.local import LocalCluster
+from osiris_flight.components.registry import build_registry
+from osiris_flight.config import Config, EngineConfig
 
 GOAL_RATIO = 1.2
 WHERE_SQL = "event_type <> 'view'"
@@ -103,66 +106,34 @@ steps:
 
 
 # -- baselines: plain pyarrow, one process ------------------------------------------------------------
-def engine_block_size(path: Path) -> int:
-    """The block size the engine's CSV extractor picks (same formula as csv_files.CsvExtractor):
-    ~BATCH_ROWS rows from a 64 KiB sample, at least 16 longest lines, capped at budget/8."""
-    with path.open("rb") as handle:
-        sample = handle.read(64 * 1024)
-    lines = sample.split(b"\n")[:-1]
-    longest = max(len(line) + 1 for line in lines)
-    per_row = len(sample) / len(lines)
-    cap = max(64 * 1024, min(64 * 1024 * 1024, WORKER_MEMORY // 8))
-    return min(max(int(per_row * BATCH_ROWS), 16 * longest, 64 * 1024), cap)
-
-
-def open_reader(src: Path, matched: bool) -> pacsv.CSVStreamingReader:
-    if not matched:
-        return pacsv.open_csv(str(src))
-    return pacsv.open_csv(
-        str(src),
-        read_options=pacsv.ReadOptions(use_threads=False, block_size=engine_block_size(src)),
-        convert_options=pacsv.ConvertOptions(null_values=["", "NULL", "null", "\\N"], strings_can_be_null=True,
-                                             quoted_strings_can_be_null=False),
-    )
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def script_fused(src: Path, out: Path, matched: bool) -> tuple[int, int]:
-    """open_csv -> batch.filter(expression) -> CSVWriter; returns (rows read, rows written)."""
+def script_fused(src: Path, out: Path) -> int:
+    """open_csv -> batch.filter(expression) -> CSVWriter; returns the rows written."""
     expr = where_expr()
-    reader = open_reader(src, matched)
-    read = written = 0
+    reader = pacsv.open_csv(str(src))
+    written = 0
     with pacsv.CSVWriter(str(out), reader.schema) as writer:
         for batch in reader:
-            read += batch.num_rows
             kept = batch.filter(expr)
             written += kept.num_rows
             writer.write_batch(kept)
-    if matched:
-        _fsync(out)
-    return read, written
+    return written
 
 
-def script_fanout(src: Path, out_a: Path, out_b: Path, matched: bool) -> tuple[int, int]:
-    """Read once, write every batch to two CSV files; returns (rows read, rows written per file)."""
-    reader = open_reader(src, matched)
-    read = 0
+def script_fanout(src: Path, out_a: Path, out_b: Path) -> int:
+    """Read once, write every batch to two CSV files; returns the rows written (both files)."""
+    reader = pacsv.open_csv(str(src))
+    written = 0
     with pacsv.CSVWriter(str(out_a), reader.schema) as wa, pacsv.CSVWriter(str(out_b), reader.schema) as wb:
         for batch in reader:
-            read += batch.num_rows
             wa.write_batch(batch)
             wb.write_batch(batch)
-    if matched:
-        _fsync(out_a)
-        _fsync(out_b)
-    return read, read
+            written += 2 * batch.num_rows
+    return written
+
+
+def operators_in_process(compiled: Compiled) -> int:
+    """The engine's own operators (same configs, except the output paths), run in this process."""
+    return run_in_process(compiled.manifest, build_registry(), BATCH_ROWS, WORKER_MEMORY)
 
 
 # -- measuring -----------------------------------------------------------------------------------------
@@ -176,41 +147,72 @@ def cli_run(pipeline: Path, cwd: Path) -> float:
     """``osiris-flight run`` end to end (new processes, compile, cluster start, run, stop)."""
     exe = Path(sys.executable).parent / "osiris-flight"
     started = time.perf_counter()
-    proc = subprocess.run([str(exe), "run", str(pipeline), "--quiet", "--json", "--run-logs", str(cwd / "run_logs")],
-                          cwd=cwd, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [str(exe), "run", str(pipeline), "--quiet", "--json", "--run-logs", str(cwd / "run_logs")],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     wall = time.perf_counter() - started
     if proc.returncode != 0:
         raise SystemExit(f"osiris-flight run failed ({proc.returncode}): {proc.stdout}\n{proc.stderr}")
     return wall
 
 
-def measure(name: str, compiled: Compiled, address: str, pids: list[int], run_logs: Path, repeats: int,
-            scripts: dict[str, Any], rows_read: int) -> dict[str, Any]:
+def measure(
+    name: str,
+    compiled: Compiled,
+    address: str,
+    pids: list[int],
+    run_logs: Path,
+    repeats: int,
+    scripts: dict[str, tuple[Any, int]],
+    rows_read: int,
+) -> dict[str, Any]:
+    """Run the engine and each baseline ``repeats`` times, interleaved, the order rotated every round so
+    that no variant always follows the same one; dirty pages are flushed (``os.sync``, untimed) before
+    each, so one variant's writeback does not slow the next. ``scripts`` maps a baseline's name to
+    (function, the rows it must report writing); ``rows_read`` (source rows) gives the rows/s."""
     engine: list[float] = []
     spilled: list[int] = []
     cpu: list[dict[str, float]] = []
     base: dict[str, list[float]] = {k: [] for k in scripts}
+    variants = ["engine", *scripts]
     for i in range(repeats):
-        before = cpu_seconds(pids)
-        result = submit(address, compiled, run_logs, batch_rows=BATCH_ROWS)
-        after = cpu_seconds(pids)
-        require_success(result, f"{name} run {i + 1}")
-        engine.append(result.wall_s)
-        spilled.append(int(result.summary.get("spilled_bytes", 0)))
-        cpu.append({"coordinator": after[pids[0]] - before[pids[0]],
-                    "workers": sum(after[p] - before[p] for p in pids[1:])})
-        line = f"  {name} #{i + 1}: engine {result.wall_s:.2f} s"
-        for key, fn in scripts.items():
-            wall, (read, _) = timed(fn)
-            if read != rows_read:
-                raise SystemExit(f"{name} {key}: read {read} rows, expected {rows_read}")
+        line = f"  {name} #{i + 1}:"
+        for key in variants[i % len(variants) :] + variants[: i % len(variants)]:
+            os.sync()
+            if key == "engine":
+                before = cpu_seconds(pids)
+                result = submit(address, compiled, run_logs, batch_rows=BATCH_ROWS)
+                after = cpu_seconds(pids)
+                require_success(result, f"{name} run {i + 1}")
+                engine.append(result.wall_s)
+                spilled.append(int(result.summary.get("spilled_bytes", 0)))
+                cpu.append(
+                    {
+                        "coordinator": after[pids[0]] - before[pids[0]],
+                        "workers": sum(after[p] - before[p] for p in pids[1:]),
+                    }
+                )
+                line += f" engine {result.wall_s:.2f} s,"
+                continue
+            fn, expected = scripts[key]
+            wall, written = timed(fn)
+            if written != expected:
+                raise SystemExit(f"{name} {key}: wrote {written} rows, expected {expected}")
             base[key].append(wall)
-            line += f", {key} {wall:.2f} s"
-        print(line, flush=True)
+            line += f" {key} {wall:.2f} s,"
+        print(line.rstrip(","), flush=True)
     eng = median(engine)
     out: dict[str, Any] = {
-        "tasks": compiled.tasks, "stages": len(compiled.plan.stages), "engine_s": engine,
-        "engine_median_s": eng, "engine_rows_per_s": rows_read / eng, "spilled_bytes": spilled,
+        "tasks": compiled.tasks,
+        "stages": len(compiled.plan.stages),
+        "engine_s": engine,
+        "engine_median_s": eng,
+        "engine_rows_per_s": rows_read / eng,
+        "spilled_bytes": spilled,
         "cpu_s_median": {k: median([c[k] for c in cpu]) for k in ("coordinator", "workers")},
         "baselines": {},
     }
@@ -240,9 +242,9 @@ def plot(results: dict[str, Any], path: Path) -> None:
             values.append(results["rows"] / r["cli_end_to_end_median_s"] / 1e6)
             colors.append("tab:cyan")
         for key, b in r["baselines"].items():
-            labels.append(f"{case}\n{key}")
+            labels.append(f"{case}\n" + key.replace(" (", "\n(").replace(" in one", "\nin one"))
             values.append(b["rows_per_s"] / 1e6)
-            colors.append("tab:orange" if "default" in key else "tab:olive")
+            colors.append("tab:orange" if key.startswith("script") else "tab:olive")
     bars = ax.bar(range(len(values)), values, color=colors)
     for bar, v in zip(bars, values, strict=True):
         ax.text(bar.get_x() + bar.get_width() / 2, v, f"{v:.2f}", ha="center", va="bottom", fontsize=8)
@@ -257,43 +259,89 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 def markdown(results: dict[str, Any]) -> str:
     m = results["machine"]
-    lines = [f"# Throughput\n\n{m['date_utc']}; {m['nproc']} CPUs, {m['ram_gb']} GB RAM; {results['config']}; "
-             f"{results['rows']:,}-row CSV ({results['csv_mb']:.0f} MB, page-cached); medians of "
-             f"{results['repeats']} interleaved runs. Filter: `{WHERE_SQL}` "
-             f"(keeps {results['fused']['rows_written']:,} rows). Goal (fused): engine within "
-             f"{GOAL_RATIO}x of the script.\n"]
+    lines = [
+        f"# Throughput\n\n{m['date_utc']}; {m['nproc']} CPUs, {m['ram_gb']} GB RAM; {results['config']}; "
+        f"{results['rows']:,}-row CSV ({results['csv_mb']:.0f} MB, page-cached); medians of "
+        f"{results['repeats']['fused']} (fused) and {results['repeats']['fanout']} (fan-out, CLI) runs, each "
+        "interleaved with its baselines (rotating order, untimed `os.sync` before each). "
+        f"Filter: `{WHERE_SQL}` "
+        f"(keeps {results['fused']['rows_written']:,} rows). Goal (fused): engine within "
+        f"{GOAL_RATIO}x of the script.\n"
+    ]
     rows = []
     for case in ("fused", "fanout"):
         r = results[case]
         for key, b in r["baselines"].items():
             verdict = ""
-            if case == "fused":
+            if case == "fused" and key.startswith("script"):
                 verdict = "met" if b["ratio"] <= GOAL_RATIO else "**goal missed**"
-            rows.append([case, key, fmt(r["engine_median_s"]), f"{r['engine_rows_per_s'] / 1e6:.2f}",
-                         fmt(b["median_s"]), f"{b['rows_per_s'] / 1e6:.2f}", f"{b['ratio']:.2f}x", verdict])
-    lines.append(md_table(["case", "baseline", "engine s", "engine M rows/s", "baseline s",
-                           "baseline M rows/s", "engine / baseline", "goal"], rows))
+            rows.append(
+                [
+                    case,
+                    key,
+                    fmt(r["engine_median_s"]),
+                    f"{r['engine_rows_per_s'] / 1e6:.2f}",
+                    fmt(b["median_s"]),
+                    f"{b['rows_per_s'] / 1e6:.2f}",
+                    f"{b['ratio']:.2f}x",
+                    verdict,
+                ]
+            )
+    lines.append(
+        md_table(
+            [
+                "case",
+                "baseline",
+                "engine s",
+                "engine M rows/s",
+                "baseline s",
+                "baseline M rows/s",
+                "engine / baseline",
+                "goal",
+            ],
+            rows,
+        )
+    )
     f = results["fused"]
-    lines.append(f"\nFused, end to end with `osiris-flight run` (process start, compile, cluster start, run, stop): "
-                 f"median **{fmt(f['cli_end_to_end_median_s'])} s** = {results['rows'] / f['cli_end_to_end_median_s'] / 1e6:.2f} "
-                 f"M rows/s ({', '.join(fmt(x) for x in f['cli_end_to_end_s'])} s); "
-                 f"{f['cli_end_to_end_median_s'] / f['baselines']['script (default options)']['median_s']:.2f}x the default script.\n")
-    cpu_rows = [[case, results[case]["tasks"], fmt(results[case]["cpu_s_median"]["coordinator"]),
-                 fmt(results[case]["cpu_s_median"]["workers"]),
-                 f"{max(results[case]['spilled_bytes']) / 2**20:,.0f}"] for case in ("fused", "fanout")]
+    e2e = f["cli_end_to_end_median_s"]
+    script = f["baselines"]["script (default options)"]["median_s"]
+    lines.append(
+        "\nFused, end to end with `osiris-flight run` (process start, compile, cluster start, run, stop): "
+        f"median **{fmt(e2e)} s** = {results['rows'] / e2e / 1e6:.2f} M rows/s "
+        f"({', '.join(fmt(x) for x in f['cli_end_to_end_s'])} s); {e2e / script:.2f}x the default script.\n"
+    )
+    cpu_rows = [
+        [
+            case,
+            results[case]["tasks"],
+            fmt(results[case]["cpu_s_median"]["coordinator"]),
+            fmt(results[case]["cpu_s_median"]["workers"]),
+            f"{max(results[case]['spilled_bytes']) / 2**20:,.0f}",
+        ]
+        for case in ("fused", "fanout")
+    ]
     lines.append("\nEngine runs: CPU seconds per run (median) and bytes spilled by the batch store:\n")
-    lines.append(md_table(["case", "tasks", "coordinator CPU s", "workers CPU s", "max spilled MiB"], cpu_rows))
-    lines.append("\n`script (default options)`: `pacsv.open_csv(path)` defaults (multi-threaded conversion). "
-                 "`script (engine reader options)`: `use_threads=False`, the engine's block size and null handling, "
-                 "and an fsync of each output, i.e. what the engine's operators do, minus the engine.\n\n"
-                 "![throughput](throughput.png)\n")
+    lines.append(
+        md_table(["case", "tasks", "coordinator CPU s", "workers CPU s", "max spilled MiB"], cpu_rows)
+    )
+    lines.append(
+        "\n`script (default options)`: `pacsv.open_csv(path)` with pyarrow's defaults -> `batch.filter` -> "
+        "`CSVWriter` (the goal's baseline: what a user would write). `operators in one process`: the "
+        "engine's own component operators, built from the registry with the same configs and run in this "
+        "process without a cluster, so `engine / operators` is the cost of the engine itself (tasks, "
+        "messages, "
+        "batch store, Flight), and `operators / script` the cost of the operators' choices (single-threaded "
+        "reader, block size, re-batching, null handling, fsync + rename).\n\n"
+        "![throughput](throughput.png)\n"
+    )
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=5_000_000)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="fan-out and CLI runs")
+    parser.add_argument("--fused-repeats", type=int, default=5)
     args = parser.parse_args()
 
     src = ensure_csv(DATA / f"events_{args.rows}.csv", args.rows)
@@ -303,12 +351,21 @@ def main() -> None:
     out = work / "out"
     registry = build_registry()
     (work / "fused.yaml").write_text(fused_yaml(src, out / "fused.csv"), encoding="utf-8")
-    (work / "fanout.yaml").write_text(fanout_yaml(src, out / "fan_a.csv", out / "fan_b.csv"), encoding="utf-8")
+    (work / "fanout.yaml").write_text(
+        fanout_yaml(src, out / "fan_a.csv", out / "fan_b.csv"), encoding="utf-8"
+    )
+    (work / "fused_local.yaml").write_text(fused_yaml(src, out / "local_fused.csv"), encoding="utf-8")
+    (work / "fanout_local.yaml").write_text(
+        fanout_yaml(src, out / "local_a.csv", out / "local_b.csv"), encoding="utf-8"
+    )
     fused = compile_file(work / "fused.yaml", registry)
     fanout = compile_file(work / "fanout.yaml", registry)
+    fused_local = compile_file(work / "fused_local.yaml", registry)
+    fanout_local = compile_file(work / "fanout_local.yaml", registry)
     assert fused.tasks == 1, "the fused chain must plan as one task"
 
-    rows_read, rows_written = script_fused(src, out / "warm.csv", False)  # also warms the page cache
+    rows_read = pacsv.read_csv(str(src)).num_rows  # also warms the page cache
+    rows_written = script_fused(src, out / "warm.csv")
     config = Config(engine=EngineConfig(workers=2, slots_per_worker=2))
     cluster = LocalCluster(config)
     cluster.start()
@@ -317,17 +374,41 @@ def main() -> None:
         pids = [cluster.process.pid, *cluster.worker_pids()]
         run_logs = work / "run_logs"
         results: dict[str, Any] = {
-            "machine": machine(), "config": "local cluster, 2 workers x 2 slots, 512 MB budget",
-            "rows": rows_read, "csv_mb": src.stat().st_size / 1e6, "repeats": args.repeats,
+            "machine": machine(),
+            "config": "local cluster, 2 workers x 2 slots, 512 MB budget",
+            "rows": rows_read,
+            "csv_mb": src.stat().st_size / 1e6,
+            "repeats": {"fused": args.fused_repeats, "fanout": args.repeats, "cli": args.repeats},
         }
-        results["fused"] = measure("fused", fused, cluster.address, pids, run_logs, args.repeats, {
-            "script (default options)": lambda: script_fused(src, out / "base_fused.csv", False),
-            "script (engine reader options)": lambda: script_fused(src, out / "base_fused.csv", True),
-        }, rows_read)
-        results["fanout"] = measure("fanout", fanout, cluster.address, pids, run_logs, args.repeats, {
-            "script (default options)": lambda: script_fanout(src, out / "base_a.csv", out / "base_b.csv", False),
-            "script (engine reader options)": lambda: script_fanout(src, out / "base_a.csv", out / "base_b.csv", True),
-        }, rows_read)
+        results["fused"] = measure(
+            "fused",
+            fused,
+            cluster.address,
+            pids,
+            run_logs,
+            args.fused_repeats,
+            {
+                "script (default options)": (lambda: script_fused(src, out / "base_fused.csv"), rows_written),
+                "operators in one process": (lambda: operators_in_process(fused_local), rows_written),
+            },
+            rows_read,
+        )
+        results["fanout"] = measure(
+            "fanout",
+            fanout,
+            cluster.address,
+            pids,
+            run_logs,
+            args.repeats,
+            {
+                "script (default options)": (
+                    lambda: script_fanout(src, out / "base_a.csv", out / "base_b.csv"),
+                    2 * rows_read,
+                ),
+                "operators in one process": (lambda: operators_in_process(fanout_local), 2 * rows_read),
+            },
+            rows_read,
+        )
     finally:
         cluster.stop()
     results["fused"]["rows_written"] = rows_written
@@ -336,7 +417,9 @@ def main() -> None:
     for name in ("fan_a.csv", "fan_b.csv"):
         table: pa.Table = pacsv.read_csv(str(out / name), read_options=pacsv.ReadOptions(use_threads=True))
         if table.num_rows != rows_read:
-            raise SystemExit(f"the engine's fan-out output {name} has {table.num_rows} rows, expected {rows_read}")
+            raise SystemExit(
+                f"the engine's fan-out output {name} has {table.num_rows} rows, expected {rows_read}"
+            )
 
     e2e = []
     for i in range(args.repeats):

@@ -23,6 +23,7 @@ BUILTIN_MODULES = (
     "osiris_flight.components.aggregator",
     "osiris_flight.components.joiner",
     "osiris_flight.components.duckdb_processor",
+    "osiris_flight.components.mysql",
 )
 
 

@@ -21,13 +21,21 @@ EXPECTED: dict[str, tuple[str, dict[str, Any]]] = {
     "transform.aggregator": ("transform", {"group_by": ["user_id"], "aggregations": {"n": "count"}}),
     "transform.joiner": ("transform", {"join_type": "inner", "on": ["date"]}),
     "duckdb.processor": ("transform", {"query": "SELECT a, count(*) FROM df_extract_x GROUP BY a"}),
+    "mysql.extractor": (
+        "source",
+        {"connection": "@mysql.db", "table": "t", "partition": {"column": "id", "partitions": 4}},
+    ),
+    "mysql.writer": (
+        "sink",
+        {"connection": "@mysql.db", "table": "t", "mode": "upsert", "upsert_keys": ["id"]},
+    ),
 }
 
 
 def test_registry_holds_every_builtin() -> None:
     registry = build_registry()
     assert registry.names() == sorted(EXPECTED)
-    assert len(BUILTIN_MODULES) == 6
+    assert len(BUILTIN_MODULES) == 7
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

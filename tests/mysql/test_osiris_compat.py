@@ -2,9 +2,9 @@
 tables.yaml in the Osiris repository: ``mysql.extractor`` with ``connection: "@mysql.<alias>"`` and
 ``query``, ``filesystem.csv_writer`` with ``needs``), plus a ``duckdb.processor`` join of two
 extracted tables, run through the real CLI on the real MariaDB with an Osiris
-``osiris_connections.yaml``. Every CSV file must equal its table: same columns in table order, and
-the same rows value for value (NULLs, DECIMAL scale, microseconds, BIGINT UNSIGNED extremes and
-4-byte UTF-8 included)."""
+``osiris_connections.yaml``. Every CSV file must equal its table: the same columns (in alphabetical
+order, as Osiris' csv_writer writes them), and the same rows value for value (NULLs, DECIMAL
+scale, microseconds, BIGINT UNSIGNED extremes and 4-byte UTF-8 included)."""
 
 from __future__ import annotations
 
@@ -169,10 +169,11 @@ def test_an_osiris_pipeline_copies_every_table_to_csv_unchanged(
         path = tmp_path / "output" / f"{table}.csv"
         with path.open(encoding="utf-8", newline="") as handle:
             header = next(csv.reader(handle))
-        assert header == [name for name, _ in columns], table
-        from_csv = read_back(path, columns)
+        assert header == sorted(name for name, _ in columns), table
+        from_csv = read_back(path, columns).select([name for name, _ in columns])
         assert from_csv.num_rows == shop[table], table
-        key = [header.index(k) for k in PRIMARY_KEYS[table]]
+        names = [name for name, _ in columns]
+        key = [names.index(k) for k in PRIMARY_KEYS[table]]
         expected = sorted_rows(mysql_server.execute(f"SELECT * FROM `{table}`"), key)
         actual = sorted_rows([tuple(r.values()) for r in from_csv.to_pylist()], key)
         for want, got in zip(expected, actual, strict=True):

@@ -9,8 +9,8 @@ import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from osiris_flight._native_mysql import ColumnSplitter, SplitError
 
+from osiris_flight._native_mysql import ColumnSplitter, SplitError
 from osiris_flight.components.mysql.decode import split_values
 
 Row = list[bytes | None]

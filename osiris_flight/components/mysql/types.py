@@ -345,7 +345,8 @@ def ddl_type(field: pa.Field, *, key: bool = False) -> str:
     if pa.types.is_decimal(arrow):
         if arrow.precision > 65 or arrow.scale > 30 or arrow.scale < 0:
             raise TerminalError(
-                f"column '{field.name}': {arrow} does not fit MySQL DECIMAL (precision <= 65, 0 <= scale <= 30)"
+                f"column '{field.name}': {arrow} does not fit MySQL DECIMAL "
+                "(precision <= 65, 0 <= scale <= 30)"
             )
         return f"decimal({arrow.precision},{arrow.scale})"
     if pa.types.is_string(arrow) or pa.types.is_large_string(arrow):

@@ -1,0 +1,129 @@
+"""Write bench/results/README.md: the latest figures of every benchmark, from their results JSON files."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import RESULTS, fmt, machine, md_table
+
+
+def load(name: str) -> dict[str, Any] | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "**goal missed**"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--suite-seconds", type=int, default=None)
+    parser.add_argument("--load-start", default=None, help="1-minute load average when the suite started")
+    args = parser.parse_args()
+    m = machine()
+    lines = [
+        "# Benchmark results\n",
+        f"Latest run: {m['date_utc']}; {m['nproc']} CPUs ({m['cpu']}), {m['ram_gb']} GB RAM; Python "
+        f"{m['python']}, pyarrow {m['pyarrow']}; engine at commit `{m['engine_commit']}`"
+        + (" with uncommitted engine changes" if m["engine_uncommitted_changes"] else "")
+        + (f"; whole suite {args.suite_seconds} s" if args.suite_seconds else "")
+        + f"; 1-minute load average {args.load_start or '?'} at the start, {m['load_avg_1m']} at the end "
+        f"(other work on this {m['nproc']}-CPU machine skews both sides of every comparison)"
+        + ". Regenerate with `bench/run_all.sh`. Every figure is measured against a baseline in the same run "
+        "(details, raw numbers and plots in the per-benchmark files).\n",
+    ]
+    rows: list[list[Any]] = []
+    sched = load("scheduling")
+    if sched:
+        for name, s in sched["shapes"].items():
+            rows.append(
+                [
+                    f"[scheduling](scheduling.md): {name}, {s['tasks']} tasks",
+                    f"{fmt(s['engine_ms_per_task'], 3)} ms/task engine time "
+                    f"(cluster {fmt(s['engine_wall_median_s'])} s)",
+                    f"in-process {fmt(s['baseline_median_s'])} s",
+                    f"{fmt(s['wall_over_baseline'], 2)}x wall",
+                    f"< {sched['goal_ms_per_task']:g} ms/task",
+                    verdict(s["engine_ms_per_task"] < sched["goal_ms_per_task"]),
+                ]
+            )
+        rows.append(
+            [
+                "[scheduling](scheduling.md): cluster start / stop",
+                f"{fmt(sched['cluster_start_s'], 2)} s / {fmt(sched.get('cluster_stop_s', 0.0), 2)} s",
+                "-",
+                "-",
+                "reported",
+                "-",
+            ]
+        )
+    tp = load("throughput")
+    if tp:
+        for case in ("fused", "fanout"):
+            r = tp[case]
+            b = r["baselines"]["script (default options)"]
+            goal = "within 1.2x" if case == "fused" else "reported"
+            rows.append(
+                [
+                    f"[throughput](throughput.md): {case}",
+                    f"{r['engine_rows_per_s'] / 1e6:.2f} M rows/s",
+                    f"script {b['rows_per_s'] / 1e6:.2f} M rows/s",
+                    f"{b['ratio']:.2f}x time",
+                    goal,
+                    verdict(b["ratio"] <= 1.2) if case == "fused" else "-",
+                ]
+            )
+        f = tp["fused"]
+        script = f["baselines"]["script (default options)"]
+        rows.append(
+            [
+                "[throughput](throughput.md): fused via CLI, incl. start",
+                f"{tp['rows'] / f['cli_end_to_end_median_s'] / 1e6:.2f} M rows/s",
+                f"script {script['rows_per_s'] / 1e6:.2f} M rows/s",
+                f"{f['cli_end_to_end_median_s'] / script['median_s']:.2f}x time",
+                "reported",
+                "-",
+            ]
+        )
+    mem = load("memory")
+    if mem:
+        budget = mem["budget_mb"]
+        for shape, sizes in mem["runs"].items():
+            for size, r in sizes.items():
+                rows.append(
+                    [
+                        f"[memory](memory.md): {shape} {size} ({r['data_mb']:,.0f} MiB)",
+                        f"peak {r['peak_rss_mb']:,.0f} MiB, peak - idle {r['peak_minus_idle_mb']:,.0f} MiB",
+                        f"idle {r['idle_rss_mb']:,.0f} MiB; budget {budget} MB",
+                        f"{r['peak_minus_idle_mb'] / budget:.2f}x budget",
+                        "peak - idle <= budget",
+                        verdict(r["peak_minus_idle_mb"] <= budget),
+                    ]
+                )
+        for shape, flat in mem["flatness"].items():
+            rows.append(
+                [
+                    f"[memory](memory.md): {shape} flatness",
+                    f"{flat['growth_mb']:+,.0f} MiB from 5x to 20x",
+                    "-",
+                    "-",
+                    "flat",
+                    verdict(flat["flat"]),
+                ]
+            )
+    lines.append(md_table(["benchmark", "engine", "baseline", "ratio", "goal", "verdict"], rows))
+    lines.append(
+        "\n![scheduling](scheduling.png)\n\n![throughput](throughput.png)\n\n![memory](memory.png)\n"
+    )
+    (RESULTS / "README.md").write_text("\n".join(lines), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
