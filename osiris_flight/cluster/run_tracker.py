@@ -35,6 +35,22 @@ class StepProgress:
         return sum(self.rows_by_task.values())
 
 
+# What the submitting client's live view shows (progress is forwarded separately).
+CLIENT_EVENTS = frozenset(
+    {
+        "run_start",
+        "run_resumed",
+        "run_end",
+        "step_start",
+        "step_complete",
+        "step_failed",
+        "task_retry",
+        "task_recompute",
+        "worker_lost",
+    }
+)
+
+
 class RunTracker:
     def __init__(
         self,
@@ -54,7 +70,7 @@ class RunTracker:
         self.resumed = resumed
         self.started_at = time.time()
         self.telemetry = Telemetry(
-            [JsonlSink(run_dir.events, run_dir.metrics), CallbackSink(forward)],
+            [JsonlSink(run_dir.events, run_dir.metrics), CallbackSink(forward, CLIENT_EVENTS)],
             run_id=self.run_id,
             pipeline=manifest.name,
         )

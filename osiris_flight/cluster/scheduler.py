@@ -435,12 +435,7 @@ class Scheduler:
                 self._reset_done(run, dep, f"{t.task_id} needs {dep_id} again", out)
 
     def _maybe_release(self, t: TaskState, out: list[Instruction]) -> None:
-        run = self.runs[t.run_id]
-        if (
-            t.output_available
-            and not t.released
-            and all(run.tasks[c].status is Status.DONE for c in t.consumers)
-        ):
+        if t.output_available and not t.released and t.consumers_done == len(t.consumers):
             self._release(t, out)
 
     def _release(self, t: TaskState, out: list[Instruction]) -> None:

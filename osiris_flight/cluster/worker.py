@@ -23,6 +23,8 @@ import threading
 import time
 import traceback
 import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +39,7 @@ from osiris_flight.components.registry import build_registry
 from osiris_flight.data.batch_store import BatchStore
 from osiris_flight.data.flight_io import FlightClientPool, FlightDataServer
 from osiris_flight.data.rowstream import RowStream
-from osiris_flight.errors import is_transient
+from osiris_flight.errors import TerminalError, is_transient
 from osiris_flight.oml.model import parse_task_id
 from osiris_flight.runtime.task_runner import TaskRun, TaskSpec, run_task
 
@@ -61,24 +63,8 @@ class WorkerOptions:
     parent_pid: int | None = None
 
 
-def use_returning_allocator() -> str:
-    """Make Arrow give freed memory back to the OS at once, so a worker's RSS follows what it holds.
-
-    Measured on a CSV -> filter -> CSV chain (5M rows): the default mimalloc pool kept RSS ~165 MiB
-    above the start for ~58 MiB of live Arrow memory; jemalloc with zero decay kept it ~100 MiB.
-    The cost is more madvise calls, which the throughput benchmark includes.
-    """
-    try:
-        pa.set_memory_pool(pa.jemalloc_memory_pool())
-        pa.jemalloc_set_decay_ms(0)
-    except (NotImplementedError, pa.ArrowException):  # a pyarrow build without jemalloc
-        pass
-    return pa.default_memory_pool().backend_name
-
-
 class Worker:
     def __init__(self, options: WorkerOptions) -> None:
-        use_returning_allocator()
         self.options = options
         self.worker_id = options.worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
         self._own_spill_dir = options.spill_dir is None
@@ -100,6 +86,9 @@ class Worker:
         self._spills: dict[tuple[str, str, int], list[dict[str, object]]] = {}
         self._stop = threading.Event()
         self._rejoin = False
+        # Task threads are reused (starting a thread per task cost ~1 ms under load).
+        self._pool = ThreadPoolExecutor(max_workers=options.slots + 2, thread_name_prefix="task")
+        self._thread_state = threading.local()
         self.heartbeat_interval_s = options.heartbeat_interval_s
         self._zmq = zmq.Context()
         self._inbox_addr = f"inproc://inbox-{uuid.uuid4().hex}"
@@ -137,7 +126,9 @@ class Worker:
             self.flight.shutdown()
             self.store.close()
             shutil.rmtree(self.spill_dir, ignore_errors=True)
-            self._zmq.term()
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            # destroy, not term: idle pool threads still hold their report sockets.
+            self._zmq.destroy(linger=0)
 
     def _register_message(self) -> bytes:
         return p.encode(
@@ -283,19 +274,12 @@ class Worker:
         )
         task = TaskRun(spec)
         self.tasks[(msg.run_id, msg.task_id, msg.attempt)] = task
-        thread = threading.Thread(
-            target=self._run_task,
-            args=(task, msg.inputs),
-            name=f"task-{msg.task_id}#{msg.attempt}",
-            daemon=True,
-        )
-        thread.start()
+        self._pool.submit(self._run_task, task, msg.inputs)
 
     def _run_task(self, task: TaskRun, inputs: dict[str, list[dict[str, object]]]) -> None:
         spec = task.spec
         key = (spec.run_id, spec.task_id, spec.attempt)
-        push = self._zmq.socket(zmq.PUSH)
-        push.connect(self._inbox_addr)
+        push = self._push_socket()
 
         def send(message: p.Message) -> None:
             # ZMQError: the worker is stopping and its context is gone, so there is nobody to tell.
@@ -309,10 +293,10 @@ class Worker:
                 (str(s["flight_uri"]), p.decode_ticket(s["ticket"]))  # type: ignore[arg-type]
                 for s in inputs.get(step_id, [])
             ]
-            return self.clients.read_many(pairs, name=step_id)
+            return self._read_input(pairs, step_id, task)
 
+        # Created by the operators that need scratch space (most do not), removed after the task.
         work_dir = self.work_dir / spec.run_id / f"{spec.task_id}-{spec.attempt}"
-        work_dir.mkdir(parents=True, exist_ok=True)
         try:
 
             def checkpoint(token: str, state: dict[str, Any], rows: int) -> None:
@@ -368,7 +352,40 @@ class Worker:
             shutil.rmtree(work_dir, ignore_errors=True)
         self.tasks.pop(key, None)
         send(reply)
-        push.close(linger=1000)
+
+    def _push_socket(self) -> zmq.Socket:
+        """This pool thread's socket to the main loop (ZeroMQ sockets must stay on one thread)."""
+        push = getattr(self._thread_state, "push", None)
+        if push is None:
+            push = self._zmq.socket(zmq.PUSH)
+            push.setsockopt(zmq.LINGER, 1000)
+            push.connect(self._inbox_addr)
+            self._thread_state.push = push
+        return push
+
+    def _read_input(self, pairs: list[tuple[str, p.FetchOutput]], name: str, task: TaskRun) -> RowStream:
+        """An input's partitions in order; those this worker produced come straight from its own
+        batch store, the others over Flight (one reused client per peer)."""
+        if all(uri != self.flight_uri for uri, _ in pairs):
+            return self.clients.read_many(pairs, name=name)
+
+        def open_one(uri: str, ticket: p.FetchOutput) -> RowStream:
+            if uri == self.flight_uri:
+                schema, batches = self.store.open_reader(ticket.key, cancelled=task.cancel.is_set)
+                return RowStream(batches, schema, name=name)
+            return self.clients.read(uri, ticket, name=name)
+
+        first = open_one(*pairs[0])
+
+        def chain() -> Iterator[pa.RecordBatch]:
+            yield from first.batches()
+            for uri, ticket in pairs[1:]:
+                stream = open_one(uri, ticket)
+                if not stream.schema.equals(first.schema, check_metadata=False):
+                    raise TerminalError(f"{name}: partitions of one input must share a schema")
+                yield from stream.batches()
+
+        return RowStream(chain(), first.schema, name=name)
 
     def _on_spill(self, event: object) -> None:
         key = getattr(event, "key", None)

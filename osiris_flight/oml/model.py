@@ -5,6 +5,7 @@ Plan (physical: stages of partition tasks, fused chains, exchanges). Both are pl
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -74,10 +75,11 @@ class Manifest:
     source_sha256: str = ""
 
     def step(self, step_id: str) -> StepSpec:
-        for step in self.steps:
-            if step.id == step_id:
-                return step
-        raise KeyError(step_id)
+        return self._steps_by_id[step_id]
+
+    @functools.cached_property
+    def _steps_by_id(self) -> dict[str, StepSpec]:
+        return {s.id: s for s in self.steps}
 
     def consumers(self, step_id: str) -> list[str]:
         return [s.id for s in self.steps if step_id in s.inputs]
@@ -187,10 +189,11 @@ class Plan:
     stages: tuple[Stage, ...]
 
     def stage(self, stage_id: str) -> Stage:
-        for stage in self.stages:
-            if stage.id == stage_id:
-                return stage
-        raise KeyError(stage_id)
+        return self._stages_by_id[stage_id]
+
+    @functools.cached_property
+    def _stages_by_id(self) -> dict[str, Stage]:
+        return {s.id: s for s in self.stages}
 
     def stage_of_step(self, step_id: str) -> Stage:
         for stage in self.stages:

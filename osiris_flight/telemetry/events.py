@@ -62,11 +62,18 @@ class JsonlSink:
 
 
 class CallbackSink:
-    def __init__(self, on_event: Callable[[dict[str, Any]], None]) -> None:
+    """Hands events to a callback; with ``names``, only events of those names (each forwarded event
+    is a message on the wire, so a live view asks only for what it shows)."""
+
+    def __init__(
+        self, on_event: Callable[[dict[str, Any]], None], names: frozenset[str] | None = None
+    ) -> None:
         self._on_event = on_event
+        self._names = names
 
     def event(self, record: dict[str, Any]) -> None:
-        self._on_event(record)
+        if self._names is None or record.get("event") in self._names:
+            self._on_event(record)
 
     def metric(self, record: dict[str, Any]) -> None:
         return None

@@ -308,6 +308,7 @@ class MySQLWriter(ChunkedSink):
         conn, stage = self._conn_(), self._q(self.stage)
         if self.method != "insert":
             try:
+                Path(self.ctx.work_dir).mkdir(parents=True, exist_ok=True)
                 work_file = Path(self.ctx.work_dir) / f"mysql-load-{self._owner}.tsv"
                 bulkload.load_data(
                     conn,
