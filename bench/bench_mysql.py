@@ -209,7 +209,7 @@ def decoder_key_exists() -> bool:
 # -- readers (each runs in a child process: ``--child NAME``) ------------------------------------------
 def read_osiris(table: str, decoder: str | None) -> Iterator[int]:
     """The engine's mysql.extractor operator, built from the registry and drained in this process."""
-    from osiris_flight.components.base import StepContext
+    from osiris_flight.components.base import Source, StepContext
     from osiris_flight.components.registry import build_registry
 
     spec = build_registry().get("mysql.extractor")
@@ -225,7 +225,9 @@ def read_osiris(table: str, decoder: str | None) -> Iterator[int]:
         batch_rows=BATCH_ROWS,
     )
     yield 0  # imports and registry done: the read starts here
-    stream = spec.operator(ctx).open()
+    operator = spec.operator(ctx)
+    assert isinstance(operator, Source)
+    stream = operator.open()
     for batch in stream.batches():
         yield batch.num_rows
 
@@ -485,13 +487,13 @@ def measure_csv(
                         if len(engine) >= repeats:
                             continue
                         t0 = time.monotonic()
-                        result = submit(cluster.address, compiled, work / "run_logs", batch_rows=BATCH_ROWS)
+                        run = submit(cluster.address, compiled, work / "run_logs", batch_rows=BATCH_ROWS)
                         t1 = time.monotonic()
-                        require_success(result, f"MySQL -> CSV run {i + 1}")
+                        require_success(run, f"MySQL -> CSV run {i + 1}")
                         window = sampler.window(t0, t1) or sampler.samples[-1:]
                         engine.append(
                             {
-                                "wall_s": result.wall_s,
+                                "wall_s": run.wall_s,
                                 "cluster_peak_rss": max(s[1] for s in window),
                                 "worker_peak_rss": max(
                                     max((v for p, v in s[2].items() if p != cluster.process.pid), default=0)
@@ -499,7 +501,7 @@ def measure_csv(
                                 ),
                             }
                         )
-                        line += f" engine {result.wall_s:.2f} s,"
+                        line += f" engine {run.wall_s:.2f} s,"
                         continue
                     if len(base[key]) >= scripts[key]:
                         continue
@@ -669,8 +671,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"(BIGINT PK, INT, DECIMAL(12,2), DATETIME(6), VARCHAR(16) with 5 values, VARCHAR(64) ~30 chars "
         f"with 10% NULL, DOUBLE), {t['data_mb']:,.0f} MiB of InnoDB data, buffer-pool warm. Medians of "
         f"{results['repeats']} runs for the fast readers and {results['slow_repeats']} for the "
-        "pymysql/pandas baselines (a run of those takes about a minute; the rounds interleave every variant in a rotating "
-        "order).\n",
+        "pymysql/pandas baselines (a run of those takes about a minute); the rounds interleave every "
+        "variant in a rotating order.\n",
     ]
     if results.get("notes"):
         lines.append("\n".join(f"- {n}" for n in results["notes"]) + "\n")

@@ -22,6 +22,74 @@ def verdict(ok: bool) -> str:
     return "met" if ok else "**goal missed**"
 
 
+def mysql_rows(my: dict[str, Any]) -> list[list[Any]]:
+    """bench_mysql: the native extractor (or what stands in for it) and the engine's MySQL -> CSV."""
+    out: list[list[Any]] = []
+    arrow = my["arrow"]
+    name = next((n for n in ("native", "reference", "extractor") if n in arrow), None)
+    if name is None:
+        return out
+    who = "native extractor" if name == "native" else f"extractor ({name} decoder; native not measured)"
+    r = arrow[name]
+    link = "[mysql](mysql.md)"
+    cx = arrow.get("connectorx")
+    if cx:
+        ratio = r["rows_per_s"] / cx["rows_per_s"]
+        out.append(
+            [
+                f"{link}: {who} vs connectorx",
+                f"{r['rows_per_s'] / 1e3:,.0f}k rows/s",
+                f"connectorx {cx['rows_per_s'] / 1e3:,.0f}k rows/s",
+                f"{ratio:.2f}x",
+                ">= 1x",
+                verdict(name == "native" and ratio >= 1.0),
+            ]
+        )
+    pd_ = arrow["pandas"]
+    ratio = r["rows_per_s"] / pd_["rows_per_s"]
+    out.append(
+        [
+            f"{link}: {who} vs pandas.read_sql",
+            f"{r['rows_per_s'] / 1e3:,.0f}k rows/s",
+            f"pandas {pd_['rows_per_s'] / 1e3:,.0f}k rows/s",
+            f"{ratio:.1f}x",
+            ">= 10x",
+            verdict(name == "native" and ratio >= 10.0),
+        ]
+    )
+    out.append(
+        [
+            f"{link}: {who} peak RSS",
+            f"{r['peak_rss_mb']:,.0f} MB ({r['rss_ready_mb']:,.0f} MB after imports)",
+            f"connectorx {cx['peak_rss_mb']:,.0f} MB" if cx else "-",
+            "-",
+            "< 150 MB",
+            verdict(name == "native" and r["peak_rss_mb"] < 150),
+        ]
+    )
+    csv = my.get("csv")
+    if csv:
+        for key, label, goal in (
+            ("csv_connectorx", "connectorx + pyarrow.csv", 0.8),
+            ("csv_pandas", "pandas", 10.0),
+        ):
+            b = csv["baselines"].get(key)
+            if not b:
+                continue
+            out.append(
+                [
+                    f"{link}: MySQL -> CSV, engine vs {label}",
+                    f"{csv['engine']['rows_per_s'] / 1e3:,.0f}k rows/s "
+                    f"(CLI {csv['cli']['rows_per_s'] / 1e3:,.0f}k)",
+                    f"{label} {b['rows_per_s'] / 1e3:,.0f}k rows/s",
+                    f"{b['engine_speedup']:.2f}x",
+                    f">= {goal:g}x",
+                    verdict(b["engine_speedup"] >= goal),
+                ]
+            )
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--suite-seconds", type=int, default=None)
@@ -118,9 +186,13 @@ def main() -> None:
                     verdict(flat["flat"]),
                 ]
             )
+    my = load("mysql")
+    if my:
+        rows += mysql_rows(my)
     lines.append(md_table(["benchmark", "engine", "baseline", "ratio", "goal", "verdict"], rows))
     lines.append(
         "\n![scheduling](scheduling.png)\n\n![throughput](throughput.png)\n\n![memory](memory.png)\n"
+        + ("\n![mysql](mysql.png)\n" if my else "")
     )
     (RESULTS / "README.md").write_text("\n".join(lines), encoding="utf-8")
 

@@ -82,6 +82,13 @@ EXTRACTOR_SCHEMA: dict[str, Any] = {
                 },
             },
         },
+        "decoder": {
+            "enum": ["native", "reference"],
+            "default": "native",
+            "description": "native (default): rows are cut into Arrow buffers by the Cython module, "
+            "reading straight from the socket; reference: the pure-Python decoder it is tested "
+            "against. Both give identical batches.",
+        },
         "retries": {
             "type": "integer",
             "minimum": 0,

@@ -77,6 +77,15 @@ def row_values(packet: bytes, ncols: int) -> Values:
 def decode_rows(packets: Sequence[bytes], layout: Layout) -> DecodedBatch:
     """Decode ``packets`` (one text-protocol row each) into a RecordBatch of ``layout.schema``."""
     columns = split_values(packets, len(layout.plans))
+    return decode_columns([pa.array(values, pa.binary()) for values in columns], layout)
+
+
+def decode_columns(columns: Sequence[pa.BinaryArray], layout: Layout) -> DecodedBatch:
+    """Convert split columns (the raw text of each value, null for NULL) into ``layout.schema``.
+
+    Shared by both decoders: the reference splits rows in Python (``split_values``), the native one
+    in Cython (``osiris_flight._native_mysql``), and from here on they run the same code.
+    """
     arrays: list[pa.Array] = []
     zero_dates: dict[str, int] = {}
     for plan, values in zip(layout.plans, columns, strict=True):
@@ -93,12 +102,12 @@ def decode_rows(packets: Sequence[bytes], layout: Layout) -> DecodedBatch:
     return DecodedBatch(pa.RecordBatch.from_arrays(arrays, schema=layout.schema), zero_dates)
 
 
-def _text(values: Values) -> pa.StringArray:
+def _text(values: pa.BinaryArray) -> pa.StringArray:
     """The values as an Arrow string array, without UTF-8 validation (numbers and dates are ASCII)."""
-    return pa.array(values, pa.binary()).view(pa.string())
+    return values.view(pa.string())
 
 
-def _convert(plan: ColumnPlan, values: Values) -> tuple[pa.Array, int]:
+def _convert(plan: ColumnPlan, values: pa.BinaryArray) -> tuple[pa.Array, int]:
     kind, target = plan.kind, plan.arrow_type
     if kind in (Kind.INT, Kind.DECIMAL):
         return _text(values).cast(target), 0
@@ -106,11 +115,13 @@ def _convert(plan: ColumnPlan, values: Values) -> tuple[pa.Array, int]:
         # Through float64: a FLOAT read as CAST(... AS DOUBLE) text holds the float32 exactly.
         return _text(values).cast(pa.float64()).cast(target), 0
     if kind is Kind.STRING:
-        return pa.array(values, pa.binary()).cast(pa.string()), 0  # validates UTF-8
+        return values.cast(pa.string()), 0  # validates UTF-8
     if kind is Kind.BINARY:
-        return pa.array(values, pa.binary()), 0
-    if kind is Kind.BIT:  # big-endian bytes, 1..8 of them
-        return pa.array([None if v is None else int.from_bytes(v, "big") for v in values], pa.uint64()), 0
+        return values, 0
+    if kind is Kind.BIT:  # big-endian bytes, 1..8 of them (a rare type: per value is fine)
+        return pa.array(
+            [None if v is None else int.from_bytes(v, "big") for v in values.to_pylist()], pa.uint64()
+        ), 0
     if kind is Kind.DATE or kind is Kind.DATETIME:
         return _dates(_text(values), target)
     if kind is Kind.TIME:

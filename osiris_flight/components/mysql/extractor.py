@@ -20,6 +20,7 @@ import pymysql
 from pymysql.connections import Connection
 from pymysql.constants import FIELD_TYPE
 
+from osiris_flight._native_mysql import ColumnSplitter
 from osiris_flight.components._common import format_columns
 from osiris_flight.components.base import Chunk, ChunkedSource, StepContext
 from osiris_flight.components.mysql import catalog
@@ -31,7 +32,7 @@ from osiris_flight.components.mysql.connection import (
     quote_ident,
     secret_values,
 )
-from osiris_flight.components.mysql.decode import Decoder, decode_rows, row_values
+from osiris_flight.components.mysql.decode import decode_columns, split_values
 from osiris_flight.components.mysql.readplan import (
     QUERY_ALIAS,
     Position,
@@ -116,8 +117,6 @@ class _ChunkState:
 class MySQLExtractor(ChunkedSource):
     """Reads this task's partition of a MySQL table or query (see the module docstring)."""
 
-    decoder: Decoder = staticmethod(decode_rows)  # the replaceable piece
-
     def __init__(self, ctx: StepContext) -> None:
         super().__init__(ctx)
         cfg = self.config
@@ -127,6 +126,9 @@ class MySQLExtractor(ChunkedSource):
         self.batch_rows = int(cfg.get("batch_size", DEFAULT_BATCH_ROWS))
         self.chunk_rows = int(cfg.get("chunk_rows", DEFAULT_CHUNK_ROWS))
         self.retries = int(cfg.get("retries", DEFAULT_RETRIES))
+        # The replaceable piece: rows are split natively (Cython, from the socket) or by the
+        # pure-Python reference; the conversion to Arrow types after it is shared.
+        self.native = cfg.get("decoder", "native") == "native"
         self.max_rows: int | None = cfg.get("limit")
         self._conn: Connection | None = None
         self._plan: ReadPlan | None = None
@@ -309,10 +311,19 @@ class MySQLExtractor(ChunkedSource):
                 # serves the next chunk. A plain query is capped here, and its connection dropped
                 # rather than drained.
                 cap = state.limit if plan.raw_query is not None else None
-                while packets := result.read(self.batch_rows, limit_bytes):
-                    if cap is not None:
-                        packets = packets[: cap - state.rows]
-                    yield self._deliver(state, packets)
+                splitter = ColumnSplitter(len(layout.plans)) if self.native else None
+                while True:
+                    if splitter is not None:
+                        columns = result.read_columns(splitter, self.batch_rows, limit_bytes)
+                    else:
+                        packets = result.read(self.batch_rows, limit_bytes)
+                        columns = [pa.array(v, pa.binary()) for v in split_values(packets, len(layout.plans))]
+                    rows = len(columns[0]) if columns else 0
+                    if not rows:
+                        break
+                    if cap is not None and state.rows + rows > cap:
+                        columns = [c.slice(0, cap - state.rows) for c in columns]
+                    yield self._deliver(state, columns)
                     failures = 0
                     if cap is not None and state.rows >= cap:
                         break
@@ -330,18 +341,18 @@ class MySQLExtractor(ChunkedSource):
                     raise type(error)(f"{error} (gave up after {self.retries} retries)") from None
                 self._wait(failures, error, after_rows=state.start.rows + state.rows)
 
-    def _deliver(self, state: _ChunkState, packets: list[bytes]) -> pa.RecordBatch:
-        """Decode a slice of rows and advance the statement's position past it."""
+    def _deliver(self, state: _ChunkState, columns: list[pa.BinaryArray]) -> pa.RecordBatch:
+        """Convert a slice of split rows and advance the statement's position past it."""
         assert self._layout is not None
         layout = self._layout
-        decoded = self.decoder(packets, layout)
+        decoded = decode_columns(columns, layout)
         for column, count in decoded.zero_dates.items():
             self.zero_dates[column] = self.zero_dates.get(column, 0) + count
         if self._key_index >= 0:
-            raw = row_values(packets[-1], len(layout.plans))[self._key_index]
+            raw = columns[self._key_index][-1].as_py()
             if raw is not None:
                 state.last_key = typed_from_raw(layout.plans[self._key_index].kind, raw)
-        state.rows += len(packets)
+        state.rows += len(columns[0])
         batch = decoded.batch
         if len(self._keep) != batch.num_columns:
             batch = batch.select(self._keep)

@@ -12,10 +12,12 @@ several packets (each 0xFFFFFF bytes long, the last shorter) and is joined into 
 
 from __future__ import annotations
 
+import pyarrow as pa
 from pymysql import err
 from pymysql.connections import Connection
 from pymysql.constants import CR
 
+from osiris_flight._native_mysql import ColumnSplitter
 from osiris_flight.components.mysql.types import ColumnInfo
 
 MAX_PACKET = 0xFFFFFF  # a packet this long is continued by the next one
@@ -106,6 +108,36 @@ class UnbufferedResult:
         finally:
             conn._next_seq_id = seq
         return rows
+
+    def read_columns(self, splitter: ColumnSplitter, max_rows: int, max_bytes: int) -> list[pa.BinaryArray]:
+        """Like ``read``, but the native splitter parses the rows straight from the socket buffer into
+        one binary array per column (no Python object per row or value); [] at the end."""
+        if self.done:
+            return []
+        conn = self._conn
+        if conn._sock is None:
+            raise err.OperationalError(CR.CR_SERVER_LOST, "Lost connection to MySQL server during query")
+        if conn._current_timeout != conn._read_timeout:
+            conn._sock.settimeout(conn._read_timeout)
+            conn._current_timeout = conn._read_timeout
+        try:
+            status, seq, payload = splitter.read_rows(conn._rfile, conn._next_seq_id, max_rows, max_bytes)
+        except (OSError, ConnectionError) as exc:  # a socket timeout, reset, or the server hung up
+            raise self._lost(str(exc)) from None
+        if status == "out_of_sequence":
+            assert payload is not None
+            self._out_of_sequence(seq, payload)
+        conn._next_seq_id = seq
+        if status == "error":
+            assert payload is not None
+            self._fail()
+            err.raise_mysql_exception(payload)
+        if status == "eof":
+            assert payload is not None
+            if splitter.pending_bytes:
+                raise self._lost(f"{splitter.pending_bytes} unexpected bytes after the end of the result")
+            self._finish(payload)
+        return splitter.finish() if splitter.rows else []
 
     def _continued(self, first: bytes, seq: int) -> tuple[bytes, int]:
         """Join a payload split over several packets (a row of 16 MiB or more)."""
