@@ -363,6 +363,8 @@ class MySQLExtractor(ChunkedSource):
     def _connection(self) -> Connection:
         if self._conn is None or not self._conn.open:
             self._conn = connect(self._conn_cfg, step_id=self.ctx.step_id, ref=self.ref, purpose="read")
+            # The server's id of this connection, so an operator can find it in SHOW PROCESSLIST.
+            self.ctx.log_event("mysql_connected", step=self.ctx.step_id, connection_id=self._conn.thread_id())
         return self._conn
 
     def _disconnect(self) -> None:
