@@ -11,6 +11,7 @@ engine:
   heartbeat_misses: 3       # a worker is dead after this many silent intervals
   spill_dir: null           # default: a temp directory per worker
   spill_compression: lz4    # lz4 (fastest) | zstd (smallest) | none
+  shrink_batches: true      # hold batches dictionary-encoded / narrowed (same data out; see shrink.py)
 cluster:
   coordinator: null         # tcp://host:port of a running osiris-coordinator; null = embedded cluster
 run_logs: run_logs
@@ -44,6 +45,7 @@ class EngineConfig:
     heartbeat_misses: int = 3
     spill_dir: str | None = None
     spill_compression: str = "lz4"
+    shrink_batches: bool = True
 
     @property
     def memory_limit_bytes(self) -> int:

@@ -77,6 +77,7 @@ def coordinator_main(
         or engine.memory_limit_bytes // max(1, spawn_workers or engine.workers),
         spill_dir=spill_dir or engine.spill_dir,
         spill_compression=engine.spill_compression,
+        shrink_batches=engine.shrink_batches,
         parent_pid=parent_pid,
     )
 
@@ -101,6 +102,9 @@ def coordinator_main(
     "--advertise-host", default=None, help="host name peers use to reach this worker's Flight server"
 )
 @click.option("--heartbeat-interval", type=float, default=None)
+@click.option(
+    "--shrink-batches/--no-shrink-batches", default=None, help="hold batches in their smallest lossless form"
+)
 @click.option("--parent-pid", type=int, default=None, hidden=True)
 @click.option("--log-level", default="warning", show_default=True)
 def worker_main(
@@ -114,6 +118,7 @@ def worker_main(
     bind_host: str,
     advertise_host: str | None,
     heartbeat_interval: float | None,
+    shrink_batches: bool | None,
     parent_pid: int | None,
     log_level: str,
 ) -> None:
@@ -140,6 +145,7 @@ def worker_main(
         bind_host=bind_host,
         advertise_host=advertise_host,
         heartbeat_interval_s=heartbeat_interval or engine.heartbeat_interval_s,
+        shrink_batches=engine.shrink_batches if shrink_batches is None else shrink_batches,
         parent_pid=parent_pid,
     )
     sys.exit(Worker(options).run())

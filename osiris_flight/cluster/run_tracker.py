@@ -266,6 +266,10 @@ class RunTracker:
             sp.bytes_by_task[msg.task_id] = int(counters.get("bytes", 0))
             if counters.get("target"):
                 sp.target = str(counters["target"])
+        for step_id, counters in msg.steps.items():
+            if "held_bytes" in counters:  # an exchange output: its size as Arrow, and as held
+                self.telemetry.metric("bytes_logical", int(counters.get("bytes", 0)), step=step_id)
+                self.telemetry.metric("bytes_held", int(counters["held_bytes"]), step=step_id)
         if stage.output in ("sink", "discard"):
             self.journal.committed(msg.task_id, msg.attempt, stage.output, msg.steps)
         self.tasks_done.add(msg.task_id)

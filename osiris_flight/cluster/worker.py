@@ -56,6 +56,7 @@ class WorkerOptions:
     memory_limit_bytes: int = 256 * 1024 * 1024
     spill_dir: str | None = None
     spill_compression: str = "lz4"
+    shrink_batches: bool = True
     bind_host: str = "127.0.0.1"
     advertise_host: str | None = None
     heartbeat_interval_s: float = 1.0
@@ -77,6 +78,7 @@ class Worker:
             options.memory_limit_bytes,
             self.spill_dir,
             compression=options.spill_compression,
+            shrink=options.shrink_batches,
             on_spill=self._on_spill,
         )
         self.flight = FlightDataServer(self.store, f"grpc://{options.bind_host}:0")

@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 
 from osiris_flight.data.rowstream import StreamClosedError
+from osiris_flight.data.shrink import restore, shrink_batch
 from osiris_flight.errors import UpstreamLost
 
 OutputKey = tuple[str, str, int, int]
@@ -88,6 +89,7 @@ class SpillEvent:
 @dataclass(frozen=True)
 class OutputInfo:
     """A snapshot of one output. ``bytes`` is the in-memory size of everything appended (logical size);
+    ``bytes_held`` the size it took in the store (smaller when batches are shrunk);
     ``bytes_in_memory`` and ``bytes_on_disk`` say where it lives now."""
 
     key: OutputKey
@@ -99,6 +101,7 @@ class OutputInfo:
     spill_files: int
     complete: bool
     error: str | None
+    bytes_held: int = 0
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,7 @@ class _Output:
     chunks: list[_MemChunk | _SpillChunk] = field(default_factory=list)
     rows: int = 0
     bytes: int = 0
+    bytes_held: int = 0
     bytes_in_memory: int = 0
     bytes_on_disk: int = 0
     spill_files: list[Path] = field(default_factory=list)
@@ -131,7 +135,16 @@ class _Output:
 
     def info(self) -> OutputInfo:
         disk = (self.bytes_in_memory, self.bytes_on_disk, len(self.spill_files))
-        return OutputInfo(self.key, self.rows, len(self.chunks), self.bytes, *disk, self.complete, self.error)
+        return OutputInfo(
+            self.key,
+            self.rows,
+            len(self.chunks),
+            self.bytes,
+            *disk,
+            self.complete,
+            self.error,
+            self.bytes_held,
+        )
 
 
 class OutputWriter:
@@ -184,6 +197,7 @@ class BatchStore:
         spill_dir: Path,
         compression: str | None = "zstd",
         on_spill: Callable[[SpillEvent], None] | None = None,
+        shrink: bool = False,
     ) -> None:
         if memory_limit_bytes < 0:
             raise ValueError(f"memory_limit_bytes must be >= 0, got {memory_limit_bytes}")
@@ -192,6 +206,9 @@ class BatchStore:
         self._owns_spill_dir = not self.spill_dir.exists()
         self._write_options = ipc_write_options(compression)
         self._on_spill = on_spill
+        # Hold batches in their smallest lossless form (see shrink.py); readers and spill files
+        # always get the output's logical schema back.
+        self.shrink = shrink
         self._lock = threading.Lock()
         self._created = threading.Condition(self._lock)
         self._spill_lock = threading.Lock()
@@ -237,7 +254,7 @@ class BatchStore:
             o = self._outputs.get(key)
             if o is None or not o.complete or o.error or any(isinstance(c, _SpillChunk) for c in o.chunks):
                 return None
-            return o.schema, [c.batch for c in o.chunks if isinstance(c, _MemChunk)]
+            return o.schema, [restore(c.batch, o.schema) for c in o.chunks if isinstance(c, _MemChunk)]
 
     # -- producer side ----------------------------------------------------------------------------
     def create(self, key: OutputKey, schema: pa.Schema) -> OutputWriter:
@@ -259,7 +276,9 @@ class BatchStore:
                 f"{format_key(output.key)}: batch schema {batch.schema} differs from the output's "
                 f"schema {output.schema}"
             )
-        chunk = _MemChunk(batch, batch_nbytes(batch))
+        logical_bytes = batch_nbytes(batch)
+        held = shrink_batch(batch) if self.shrink else batch
+        chunk = _MemChunk(held, logical_bytes if held is batch else batch_nbytes(held))
         with self._lock:
             self._check_writable(output)
             if batch.num_rows == 0:
@@ -268,7 +287,8 @@ class BatchStore:
                 return
             output.chunks.append(chunk)
             output.rows += batch.num_rows
-            output.bytes += chunk.nbytes
+            output.bytes += logical_bytes
+            output.bytes_held += chunk.nbytes
             output.bytes_in_memory += chunk.nbytes
             self._bytes_in_memory += chunk.nbytes
             output.cond.notify_all()
@@ -330,7 +350,7 @@ class BatchStore:
             run_dir.mkdir(parents=True, exist_ok=True)
             with ipc.new_file(str(path), output.schema, options=self._write_options, metadata=metadata) as w:
                 for chunk in chunks:
-                    w.write_batch(chunk.batch)
+                    w.write_batch(restore(chunk.batch, output.schema))
             disk_bytes = path.stat().st_size
         except OSError:
             path.unlink(missing_ok=True)
@@ -414,7 +434,7 @@ class BatchStore:
                             raise UpstreamLost(f"{format_key(output.key)}: reader cancelled mid-stream")
                         output.cond.wait(_POLL_S if cancelled is not None else None)
                 if isinstance(chunk, _MemChunk):
-                    batch = chunk.batch
+                    batch = restore(chunk.batch, output.schema)
                 else:
                     if chunk.path != open_path:
                         if mapped is not None:

@@ -47,9 +47,11 @@ class StepCounters:
     rows: int = 0
     bytes: int = 0
     batches: int = 0
+    held_bytes: int | None = None  # what the batch store held for this output (exchange outputs)
 
     def to_dict(self) -> dict[str, int]:
-        return {"rows": self.rows, "bytes": self.bytes, "batches": self.batches}
+        held = {} if self.held_bytes is None else {"held_bytes": self.held_bytes}
+        return {"rows": self.rows, "bytes": self.bytes, "batches": self.batches, **held}
 
 
 @dataclass
@@ -332,4 +334,7 @@ def _store_output(task: TaskRun, stream: RowStream, store: BatchStore) -> tuple[
         writer.abort(f"producer of {spec.stage_id} partition {spec.partition} failed: {exc}")
         raise
     writer.close()
+    held = store.info(key).bytes_held
+    last = task.counters[spec.steps[-1]["id"]]
+    last.held_bytes = held
     return rows, nbytes

@@ -3,6 +3,7 @@ ZeroMQ and Flight on loopback, and processes killed on purpose."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import textwrap
@@ -370,3 +371,22 @@ def test_a_failure_inside_a_fused_chain_is_blamed_on_the_step_that_raised(workdi
     assert failed["step_id"] == "keep" and "amount" in failed["error"]
     assert failed["transient"] is False
     assert not (workdir / "out/x.csv").exists()
+
+
+def test_shrunk_batches_change_what_is_held_but_not_a_single_output_byte(workdir: Path) -> None:
+    write_events_csv(workdir / "events.csv", 200_000)
+    (workdir / "pipeline.yaml").write_text(FAN_OUT)
+    outputs = {}
+    held = {}
+    for shrink in ("true", "false"):
+        (workdir / "osiris.yaml").write_text(f"engine:\n  shrink_batches: {shrink}\n  memory_limit_mb: 8\n")
+        result = osiris(["run", "pipeline.yaml", "--json", "--workers", "2"], workdir)
+        assert result.code == 0, result.stderr
+        run_dir = Path(result.json()["summary"]["run_dir"])
+        outputs[shrink] = ((workdir / "out/a.csv").read_bytes(), (workdir / "out/b.parquet").read_bytes())
+        metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        held[shrink] = {m["metric"]: m["value"] for m in metrics if m.get("step") == "extract"}
+    assert outputs["true"] == outputs["false"]
+    assert held["true"]["bytes_logical"] == held["false"]["bytes_logical"]
+    assert held["true"]["bytes_held"] < 0.7 * held["true"]["bytes_logical"]
+    assert held["false"]["bytes_held"] == held["false"]["bytes_logical"]
