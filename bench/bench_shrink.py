@@ -4,9 +4,12 @@ batches. Goal: at least 50% fewer bytes held. Writes bench/results/shrink.{md,js
 
 from __future__ import annotations
 
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import matplotlib
 
@@ -14,8 +17,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pyarrow as pa
+from _common import RESULTS, fmt, machine, md_table, median, write_results
 
-from bench._common import RESULTS, fmt, machine, md_table, median, write_results
 from osiris_flight.data.batch_store import BatchStore
 
 ROWS = 2_000_000
