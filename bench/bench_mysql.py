@@ -10,13 +10,15 @@ created once, server-side (``INSERT ... SELECT`` from MariaDB's SEQUENCE engine)
     with ``decoder: native`` and ``decoder: reference`` (when the config schema has no ``decoder``
     key yet, the extractor runs as it is, labelled by what it is, and the native row says it is
     missing); ``pandas.read_sql(chunksize=10000)`` over a pymysql unbuffered connection (the
-    milestone's approach); ``connectorx`` (``return_type="arrow_stream"``, Rust); and a pymysql
+    milestone's approach); ``connectorx`` (``return_type="arrow_stream"``, Rust) with its default
+    binary protocol and with the text protocol the extractor reads; and a pymysql
     ``SSCursor`` whose rows are turned into Arrow batches (issue 4's ~80k rows/s reference). Each
     reports rows/s over the read (connect to last batch, imports excluded), its RSS after imports
     and its peak RSS (``ru_maxrss``, the kernel's high-water mark).
 (2) MySQL -> CSV: ``mysql.extractor -> filesystem.csv_writer`` through the engine (submitted to a
     started local cluster, and end to end with the ``osiris-flight run`` CLI), against a hand-written
-    ``connectorx`` + ``pyarrow.csv`` script and ``pymysql`` + ``pandas.to_csv`` in chunks.
+    ``connectorx`` + ``pyarrow.csv`` script and ``pymysql`` + ``pandas.to_csv`` in chunks; and the
+    engine's own two operators run in one process without a cluster (the engine's own cost).
 
 Fast variants run ``--repeats`` times (default 3), slow pymysql/pandas baselines ``--slow-repeats``
 times (default 1), interleaved, the order rotated every round; medians are reported. connectorx is
@@ -37,7 +39,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -250,12 +252,18 @@ def read_pandas(table: str) -> Iterator[int]:
         conn.close()
 
 
-def read_connectorx(table: str) -> Iterator[int]:
+def read_connectorx(table: str, protocol: Literal["binary", "text"] = "binary") -> Iterator[int]:
+    """connectorx (Rust) as a stream of Arrow batches; ``binary`` is its default MySQL protocol,
+    ``text`` the one the extractor reads (the server formats every value as text)."""
     import connectorx as cx
 
     yield 0
     reader = cx.read_sql(
-        cx_url(), f"SELECT {COLUMNS} FROM `{table}`", return_type="arrow_stream", batch_size=BATCH_ROWS
+        cx_url(),
+        f"SELECT {COLUMNS} FROM `{table}`",
+        return_type="arrow_stream",
+        batch_size=BATCH_ROWS,
+        protocol=protocol,
     )
     for batch in reader:
         yield batch.num_rows
@@ -330,15 +338,52 @@ def csv_pandas(table: str, out: Path) -> Iterator[int]:
         conn.close()
 
 
+def csv_operators(table: str, out: Path) -> Iterator[int]:
+    """The engine's own two operators (mysql.extractor -> filesystem.csv_writer, same configs as the
+    pipeline) run in this process without a cluster: splits the engine's gap into its own cost and
+    the operators' cost."""
+    from osiris_flight.components.base import Sink, Source, StepContext
+    from osiris_flight.components.registry import build_registry
+
+    registry = build_registry()
+    conns = {"@mysql.bench": connection_fields()}
+    ext_spec, csv_spec = registry.get("mysql.extractor"), registry.get("filesystem.csv_writer")
+    assert ext_spec is not None and csv_spec is not None
+    extractor = ext_spec.operator(
+        StepContext(
+            step_id="extract",
+            component="mysql.extractor",
+            config={"connection": "@mysql.bench", "table": table},
+            connections=conns,
+            batch_rows=BATCH_ROWS,
+        )
+    )
+    writer = csv_spec.operator(
+        StepContext(
+            step_id="write",
+            component="filesystem.csv_writer",
+            config={"path": str(out)},
+            work_dir=out.parent,
+            output_dir=out.parent,
+            batch_rows=BATCH_ROWS,
+        )
+    )
+    assert isinstance(extractor, Source) and isinstance(writer, Sink)
+    yield 0
+    yield writer.write(extractor.open()).rows
+
+
 CHILD_READERS: dict[str, Callable[[str, Path], Iterator[int]]] = {
     "native": lambda t, o: read_osiris(t, "native"),
     "reference": lambda t, o: read_osiris(t, "reference"),
     "extractor": lambda t, o: read_osiris(t, None),  # before the decoder key exists
     "pandas": lambda t, o: read_pandas(t),
     "connectorx": lambda t, o: read_connectorx(t),
+    "connectorx_text": lambda t, o: read_connectorx(t, "text"),
     "sscursor": lambda t, o: read_sscursor(t),
     "csv_connectorx": csv_connectorx,
     "csv_pandas": csv_pandas,
+    "csv_operators": csv_operators,
 }
 
 
@@ -353,7 +398,14 @@ def child_main(name: str, table: str, out: Path) -> None:
     rows = sum(gen)
     read_s = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-    print(json.dumps({"rows": rows, "read_s": read_s, "rss_ready": rss_ready, "peak_rss": peak}), flush=True)
+    report = {
+        "rows": rows,
+        "read_s": read_s,
+        "rss_ready": rss_ready,
+        "peak_rss": peak,
+        "pandas_loaded": "pandas" in sys.modules,  # ~40 MB of RSS when a reader pulls it in
+    }
+    print(json.dumps(report), flush=True)
 
 
 def run_child(name: str, table: str, out: Path | None = None) -> dict[str, Any]:
@@ -465,7 +517,9 @@ def measure_csv(
     pipeline.write_text(pipeline_yaml(table, out / "engine.csv"), encoding="utf-8")
     compiled = compile_file(pipeline, build_registry())
 
-    scripts = {"csv_connectorx": repeats} if cx_ok else {}
+    scripts = {"csv_operators": repeats}
+    if cx_ok:
+        scripts["csv_connectorx"] = repeats
     scripts["csv_pandas"] = slow_repeats
     engine: list[dict[str, Any]] = []
     base: dict[str, list[dict[str, Any]]] = {k: [] for k in scripts}
@@ -552,23 +606,36 @@ def measure_csv(
 
 
 # -- reporting -------------------------------------------------------------------------------------------
+ORDER = ("native", "reference", "extractor", "connectorx", "connectorx_text", "sscursor", "pandas")
 LABELS = {
     "native": "mysql.extractor, decoder=native",
     "reference": "mysql.extractor, decoder=reference",
     "extractor": "mysql.extractor (no decoder key yet: pure-Python decoder)",
-    "connectorx": "connectorx arrow_stream (Rust)",
+    "connectorx": "connectorx arrow_stream (Rust; binary protocol, its default)",
+    "connectorx_text": "connectorx arrow_stream, text protocol (the extractor's protocol)",
     "pandas": f"pandas.read_sql(chunksize={PANDAS_CHUNK:,}) + pymysql",
     "sscursor": "pymysql SSCursor -> Arrow batches",
     "csv_connectorx": "connectorx + pyarrow.csv script",
     "csv_pandas": "pymysql + pandas.to_csv (chunked)",
+    "csv_operators": "engine's operators in one process, no cluster",
 }
 SHORT = {
     "native": "extractor\nnative",
     "reference": "extractor\nreference",
     "extractor": "extractor\n(current)",
-    "connectorx": "connectorx",
+    "connectorx": "connectorx\n(binary)",
+    "connectorx_text": "connectorx\n(text)",
     "pandas": "pandas\nread_sql",
     "sscursor": "pymysql\nSSCursor",
+}
+COLORS = {
+    "native": "tab:blue",
+    "reference": "tab:cyan",
+    "extractor": "tab:cyan",
+    "connectorx": "tab:orange",
+    "connectorx_text": "navajowhite",
+    "sscursor": "tab:olive",
+    "pandas": "tab:red",
 }
 
 
@@ -583,48 +650,37 @@ def plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     readers = results["arrow"]
-    names = [
-        n for n in ("native", "reference", "extractor", "connectorx", "sscursor", "pandas") if n in readers
-    ]
-    colors = {
-        "native": "tab:blue",
-        "reference": "tab:cyan",
-        "extractor": "tab:cyan",
-        "connectorx": "tab:orange",
-        "sscursor": "tab:olive",
-        "pandas": "tab:red",
-    }
-    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(14, 4.6), gridspec_kw={"width_ratios": [3, 3, 2.6]})
-    x = range(len(names))
+    names = [n for n in ORDER if n in readers]
+    fig, (ax1, ax2, ax3) = plt.subplots(
+        1, 3, figsize=(15, 4.8), gridspec_kw={"width_ratios": [3.2, 3.2, 2.6]}
+    )
+    x = list(range(len(names)))
     tput = [readers[n]["rows_per_s"] / 1e3 for n in names]
-    bars = ax1.bar(x, tput, color=[colors[n] for n in names])
+    bars = ax1.bar(x, tput, color=[COLORS[n] for n in names])
     for bar, v in zip(bars, tput, strict=True):
         ax1.text(bar.get_x() + bar.get_width() / 2, v, f"{v:,.0f}", ha="center", va="bottom", fontsize=8)
-    ax1.axhline(100, color="grey", ls=":", lw=1)
-    ax1.text(-0.45, 100, "milestone: 100k rows/s", fontsize=7, color="grey", ha="left", va="bottom")
-    ax1.set_ylim(0, max(tput) * 1.15)
-    ax1.set_xticks(list(x), [SHORT[n] for n in names], fontsize=8)
+    ax1.axhline(100, color="grey", ls=":", lw=1, label="milestone: 100k rows/s")
+    ax1.set_ylim(0, max(tput) * 1.18)
+    ax1.set_xticks(x, [SHORT[n] for n in names], fontsize=7)
     ax1.set_ylabel("thousand rows / s (median)")
-    ax1.set_title("MySQL -> Arrow, one stream: throughput")
+    ax1.set_title("MySQL -> Arrow, one stream: throughput (higher is better)", fontsize=10)
+    ax1.legend(fontsize=7, loc="upper right")
     ax1.grid(axis="y", alpha=0.3)
 
     ready = [readers[n]["rss_ready_mb"] for n in names]
     extra = [readers[n]["peak_rss_mb"] - readers[n]["rss_ready_mb"] for n in names]
-    ax2.bar(x, ready, color="lightgrey", label="after imports")
-    bars = ax2.bar(x, extra, bottom=ready, color=[colors[n] for n in names], label="added by the read")
+    ax2.bar(x, ready, color="lightgrey", label="RSS after imports")
+    bars = ax2.bar(x, extra, bottom=ready, color=[COLORS[n] for n in names], label="added by the read")
     for bar, r, e in zip(bars, ready, extra, strict=True):
         ax2.text(
             bar.get_x() + bar.get_width() / 2, r + e, f"{r + e:,.0f}", ha="center", va="bottom", fontsize=8
         )
-    ax2.axhline(GOAL_RSS_MB, color="grey", ls=":", lw=1)
-    ax2.text(
-        -0.45, GOAL_RSS_MB, f"goal < {GOAL_RSS_MB:.0f} MB", fontsize=7, color="grey", ha="left", va="bottom"
-    )
-    ax2.set_ylim(0, max(r + e for r, e in zip(ready, extra, strict=True)) * 1.3)
-    ax2.set_xticks(list(x), [SHORT[n] for n in names], fontsize=8)
+    ax2.axhline(GOAL_RSS_MB, color="grey", ls=":", lw=1, label=f"goal: < {GOAL_RSS_MB:.0f} MB")
+    ax2.set_ylim(0, max(r + e for r, e in zip(ready, extra, strict=True)) * 1.35)
+    ax2.set_xticks(x, [SHORT[n] for n in names], fontsize=7)
     ax2.set_ylabel("peak RSS of the reading process, MB")
-    ax2.set_title("MySQL -> Arrow, one stream: peak memory")
-    ax2.legend(fontsize=7, loc="upper right", ncol=2)
+    ax2.set_title("MySQL -> Arrow, one stream: peak memory (lower is better)", fontsize=10)
+    ax2.legend(fontsize=7, loc="upper right", ncol=3)
     ax2.grid(axis="y", alpha=0.3)
 
     csv = results.get("csv")
@@ -633,8 +689,9 @@ def plot(results: dict[str, Any], path: Path) -> None:
         vals = [csv["engine"]["rows_per_s"] / 1e3, csv["cli"]["rows_per_s"] / 1e3]
         cols = ["tab:blue", "tab:cyan"]
         for key, short, color in (
-            ("csv_connectorx", "connectorx\n+ pyarrow.csv", "tab:orange"),
-            ("csv_pandas", "pymysql\n+ pandas.to_csv", "tab:red"),
+            ("csv_operators", "engine ops,\nno cluster", "lightsteelblue"),
+            ("csv_connectorx", "connectorx +\npyarrow.csv", "tab:orange"),
+            ("csv_pandas", "pymysql +\npandas.to_csv", "tab:red"),
         ):
             if key in csv["baselines"]:
                 labels.append(short)
@@ -646,7 +703,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
         ax3.set_xticks(range(len(vals)), labels, fontsize=7)
         ax3.set_ylim(0, max(vals) * 1.15)
         ax3.set_ylabel("thousand rows / s (median)")
-        ax3.set_title("MySQL -> CSV")
+        ax3.set_title("MySQL -> CSV file (higher is better)", fontsize=10)
         ax3.grid(axis="y", alpha=0.3)
     fig.suptitle(
         f"{results['rows']:,} rows x 7 columns, MariaDB {results['server'].split('-')[0]} on the same "
@@ -664,7 +721,7 @@ def markdown(results: dict[str, Any]) -> str:
     lines = [
         "# MySQL -> Arrow and MySQL -> CSV\n",
         f"{m['date_utc']}; {m['nproc']} CPUs ({m['cpu']}), {m['ram_gb']} GB RAM; MariaDB {results['server']} "
-        f"on the same machine (127.0.0.1); engine at `{m['engine_commit']}`"
+        f"on the same machine (127.0.0.1); engine at `{m['engine_commit'] or '?'}`"
         + (" with uncommitted engine changes" if m["engine_uncommitted_changes"] else "")
         + f"; 1-minute load average {results['load_start']} at the start, {m['load_avg_1m']} at the end; "
         f"script {results['script_s']:.0f} s. Table `{DATABASE}.{t['table']}`: {rows:,} rows, 7 columns "
@@ -685,7 +742,7 @@ def markdown(results: dict[str, Any]) -> str:
     table_rows = []
     pandas_rps = arrow["pandas"]["rows_per_s"]
     cx_rps = arrow["connectorx"]["rows_per_s"] if "connectorx" in arrow else None
-    for name in ("native", "reference", "extractor", "connectorx", "sscursor", "pandas"):
+    for name in ORDER:
         if name not in arrow:
             continue
         r = arrow[name]
@@ -700,6 +757,7 @@ def markdown(results: dict[str, Any]) -> str:
                 f"{r['rss_ready_mb']:,.0f}",
                 f"{r['peak_rss_mb']:,.0f}",
                 f"{r['peak_rss_mb'] - r['rss_ready_mb']:,.0f}",
+                "yes" if any(x.get("pandas_loaded") for x in r["runs"]) else "no",
             ]
         )
     lines.append(
@@ -714,6 +772,7 @@ def markdown(results: dict[str, Any]) -> str:
                 "RSS after imports MB",
                 "peak RSS MB",
                 "added by the read MB",
+                "pandas imported",
             ],
             table_rows,
         )
@@ -858,9 +917,13 @@ def markdown(results: dict[str, Any]) -> str:
     lines.append(
         "\nReaders: `mysql.extractor` is the engine's operator built from the component registry "
         '(`build_registry().get("mysql.extractor").operator(StepContext(...))`, `open().batches()` drained), '
-        "so the figures are the reader's and not the cluster's. connectorx reads with its default MySQL "
-        "protocol (binary) as `arrow_stream` batches of 65,536 rows; note it maps DECIMAL to float64, where "
-        "the extractor keeps decimal128(12,2). `pymysql SSCursor -> Arrow` builds each column with "
+        "so the figures are the reader's and not the cluster's (its RSS after imports includes every "
+        "component module `build_registry` loads). connectorx reads `arrow_stream` batches of 65,536 "
+        "rows, with its default MySQL protocol (binary: the server sends numbers and dates as binary "
+        "values, not text), and, for the comparison on equal terms, with the text protocol the "
+        "extractor uses; it maps DECIMAL(12,2) to decimal128(38,10) (hence its larger CSV), where the "
+        "extractor keeps decimal128(12,2). `pandas imported`: whether the reading process ended with "
+        "pandas in `sys.modules` (about 40 MB of RSS). `pymysql SSCursor -> Arrow` builds each column with "
         "`pa.array(values, type)` (exact types). pandas reads through an unbuffered pymysql connection "
         "(`SSCursor`; with pymysql's default buffered cursor every chunk would wait for the whole result "
         "in memory) in chunks of 10,000 rows, the milestone's batch size, and keeps the DataFrames as they "
@@ -887,6 +950,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="runs of each fast variant")
     parser.add_argument("--slow-repeats", type=int, default=1, help="runs of the pymysql/pandas baselines")
     parser.add_argument("--skip-csv", action="store_true", help="only the MySQL -> Arrow readers")
+    parser.add_argument("--note", action="append", default=[], help="a line for the report (repeatable)")
+    parser.add_argument(
+        "--rerender", action="store_true", help="only rewrite mysql.md and mysql.png from mysql.json"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--table", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -895,9 +962,15 @@ def main() -> None:
         child_main(args.child, args.table, Path(args.out))
         return
 
+    if args.rerender:
+        saved = json.loads((RESULTS / "mysql.json").read_text(encoding="utf-8"))
+        plot(saved, RESULTS / "mysql.png")
+        write_results("mysql", saved, markdown(saved))
+        return
+
     started = time.perf_counter()
     load_start = round(os.getloadavg()[0], 2)
-    notes: list[str] = []
+    notes: list[str] = list(args.note)
     cx_missing = ensure_connectorx()
     if cx_missing:
         notes.append(f"connectorx unavailable ({cx_missing}): its rows are missing.")
@@ -916,6 +989,7 @@ def main() -> None:
         )
     if not cx_missing:
         readers["connectorx"] = args.repeats
+        readers["connectorx_text"] = args.repeats
     readers["sscursor"] = args.slow_repeats
     readers["pandas"] = args.slow_repeats
 

@@ -189,10 +189,23 @@ def main() -> None:
     my = load("mysql")
     if my:
         rows += mysql_rows(my)
+    opt = load("optimizer")
+    if opt:
+        rows.append(
+            [
+                f"[optimizer](optimizer.md): SELECT * -> 10% filter, 2 columns -> CSV, {opt['rows']:,} rows",
+                f"on {fmt(opt['on']['median_s'])} s ({opt['on']['rows_fetched']:,} rows fetched)",
+                f"off {fmt(opt['off']['median_s'])} s ({opt['off']['rows_fetched']:,} rows fetched)",
+                f"{opt['less_time']:.0%} less time",
+                f">= {opt['goal_less_time']:.0%} less, same output",
+                verdict(opt["goal_met"] and opt["same_output"]),
+            ]
+        )
     lines.append(md_table(["benchmark", "engine", "baseline", "ratio", "goal", "verdict"], rows))
     lines.append(
         "\n![scheduling](scheduling.png)\n\n![throughput](throughput.png)\n\n![memory](memory.png)\n"
         + ("\n![mysql](mysql.png)\n" if my else "")
+        + ("\n![optimizer](optimizer.png)\n" if opt else "")
     )
     (RESULTS / "README.md").write_text("\n".join(lines), encoding="utf-8")
 

@@ -132,17 +132,25 @@ def _convert(plan: ColumnPlan, values: pa.BinaryArray) -> tuple[pa.Array, int]:
 
 
 def _dates(text: pa.StringArray, target: pa.DataType) -> tuple[pa.Array, int]:
-    """Dates/datetimes; zero (and unparseable) ones become null and are counted."""
-    zero = pc.fill_null(pc.match_substring_regex(text, _ZERO_DATE), False)
-    zeros = pc.sum(zero).as_py() or 0
-    if zeros:
-        text = pc.if_else(zero, pa.scalar(None, pa.string()), text)
+    """Dates/datetimes; zero (and unparseable) ones become null and are counted.
+
+    The plain cast comes first: Arrow refuses month or day 00, so a batch it accepts has no zero
+    dates, and the zero-date scan (a regex over the column) runs only for the batches that need it.
+    """
     parse_type = pa.timestamp(target.unit) if pa.types.is_timestamp(target) else target
+    zeros = 0
     try:
         parsed = text.cast(parse_type)
     except pa.ArrowInvalid:
-        parsed, invalid = _parse_each(text, parse_type)
-        zeros += invalid
+        zero = pc.fill_null(pc.match_substring_regex(text, _ZERO_DATE), pa.scalar(False))
+        zeros = pc.sum(zero).as_py() or 0
+        if zeros:
+            text = pc.if_else(zero, pa.scalar(None, pa.string()), text)
+        try:
+            parsed = text.cast(parse_type)
+        except pa.ArrowInvalid:
+            parsed, invalid = _parse_each(text, parse_type)
+            zeros += invalid
     return (parsed.cast(target) if parse_type != target else parsed), zeros
 
 
