@@ -133,6 +133,8 @@ class Coordinator:
             now = time.monotonic()
             self._check_heartbeats(now)
             self._feed(s.Tick(now))
+            for run in self.runs.values():
+                run.tracker.telemetry.flush()
             if self._parent_gone():
                 log.warning("parent process is gone; coordinator stops")
                 self._stop = True
