@@ -12,6 +12,7 @@ engine:
   spill_dir: null           # default: a temp directory per worker
   spill_compression: lz4    # lz4 (fastest) | zstd (smallest) | none
   shrink_batches: true      # hold batches dictionary-encoded / narrowed (same data out; see shrink.py)
+  optimize: true            # push filters and column lists into MySQL reads (docs/optimizer.md)
 cluster:
   coordinator: null         # tcp://host:port of a running osiris-coordinator; null = embedded cluster
 run_logs: run_logs
@@ -46,6 +47,7 @@ class EngineConfig:
     spill_dir: str | None = None
     spill_compression: str = "lz4"
     shrink_batches: bool = True
+    optimize: bool = True  # the query optimizer (oml/optimize.py) between compile and plan
 
     @property
     def memory_limit_bytes(self) -> int:

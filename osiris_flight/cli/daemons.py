@@ -14,9 +14,9 @@ import sys
 # group_by and join) warns on every such batch by default; unaligned loads are safe on the x86-64 and
 # aarch64 machines this runs on, and copying every batch to align it would cost a memcpy per batch.
 os.environ.setdefault("ACERO_ALIGNMENT_HANDLING", "ignore")
-# jemalloc returns freed memory to the OS sooner than the default mimalloc pool, so a worker's RSS
-# follows what it holds (measured: -55 to -109 MiB peak RSS in bench/bench_memory.py). It must be
-# chosen before pyarrow is first imported; switching pools at run time cost ~30% throughput.
+# jemalloc returns freed memory to the OS sooner than pyarrow's default mimalloc pool, so a worker's
+# RSS follows what it holds more closely (seen in bench_memory.py runs during development). It must
+# be chosen before pyarrow is first imported: switching pools at run time cost throughput.
 os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "jemalloc")
 
 import click

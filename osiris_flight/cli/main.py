@@ -74,9 +74,16 @@ def _compile(
     profile: str | None,
     connections_file: str | None,
     config_path: str | None,
-) -> tuple[Config, Any, Any, Any]:
+    *,
+    optimize: bool | None = False,
+) -> tuple[Config, Any, Any, Any, list[Any] | None]:
+    """Config, registry, manifest, plan and the optimizer's rewrites (None when it did not run).
+
+    ``optimize``: False never, True always, None as ``engine.optimize`` in osiris.yaml says.
+    """
     from osiris_flight.components.registry import build_registry
     from osiris_flight.oml.compile import compile_pipeline
+    from osiris_flight.oml.optimize import optimize as optimize_manifest
     from osiris_flight.oml.params import parse_param_args
     from osiris_flight.oml.plan import plan_manifest
 
@@ -89,7 +96,10 @@ def _compile(
         profile=profile,
         connections_file=connections_file or config.connections_file,
     )
-    return config, registry, manifest, plan_manifest(manifest, registry)
+    rewrites = None
+    if optimize or (optimize is None and config.engine.optimize):
+        manifest, rewrites = optimize_manifest(manifest, registry)
+    return config, registry, manifest, plan_manifest(manifest, registry), rewrites
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -111,7 +121,7 @@ def validate(
 ) -> None:
     """Check a pipeline: syntax, steps, dependencies, component configs, params, connections."""
     try:
-        _, _, manifest, plan = _compile(pipeline, params, profile, connections_file, config_path)
+        _, _, manifest, plan, _ = _compile(pipeline, params, profile, connections_file, config_path)
     except OsirisFlightError as exc:
         _fail(exc, as_json)
     if as_json:
@@ -134,6 +144,11 @@ def validate(
 @click.argument("pipeline", type=click.Path())
 @pipeline_options
 @click.option("--out", type=click.Path(), default=None, help="write the manifest here instead of stdout")
+@click.option(
+    "--optimized",
+    is_flag=True,
+    help="the manifest after the query optimizer, as run uses it (with its optimizations list)",
+)
 def compile_cmd(
     pipeline: str,
     params: tuple[str, ...],
@@ -142,10 +157,13 @@ def compile_cmd(
     config_path: str | None,
     as_json: bool,
     out: str | None,
+    optimized: bool,
 ) -> None:
     """Compile to a deterministic, secret-free manifest (JSON, with sha256 fingerprints)."""
     try:
-        _, _, manifest, _ = _compile(pipeline, params, profile, connections_file, config_path)
+        _, _, manifest, _, _ = _compile(
+            pipeline, params, profile, connections_file, config_path, optimize=optimized
+        )
     except OsirisFlightError as exc:
         _fail(exc, as_json)
     text = manifest.to_json()
@@ -160,9 +178,13 @@ def compile_cmd(
         click.echo(text, nl=False)
 
 
+NO_OPTIMIZE_HELP = "do not push filters and column lists into MySQL reads (engine.optimize: false)"
+
+
 @cli.command()
 @click.argument("pipeline", type=click.Path())
 @pipeline_options
+@click.option("--no-optimize", is_flag=True, help=NO_OPTIMIZE_HELP)
 def plan(
     pipeline: str,
     params: tuple[str, ...],
@@ -170,12 +192,17 @@ def plan(
     connections_file: str | None,
     config_path: str | None,
     as_json: bool,
+    no_optimize: bool,
 ) -> None:
-    """Show the stages, tasks, fused chains and exchanges a pipeline runs as."""
+    """Show the stages, tasks, fused chains and exchanges a pipeline runs as, and for each MySQL
+    read its query as written and as the query optimizer rewrote it (or why it did not)."""
+    from osiris_flight.oml.optimize import describe_rewrites, read_summaries
     from osiris_flight.oml.plan import describe_plan
 
     try:
-        _, _, manifest, physical = _compile(pipeline, params, profile, connections_file, config_path)
+        _, _, manifest, physical, rewrites = _compile(
+            pipeline, params, profile, connections_file, config_path, optimize=False if no_optimize else None
+        )
     except OsirisFlightError as exc:
         _fail(exc, as_json)
     if as_json:
@@ -185,12 +212,18 @@ def plan(
                     "pipeline": manifest.name,
                     **physical.to_dict(),
                     "exchanges": [list(e) for e in physical.exchanges()],
+                    "optimizer": {
+                        "enabled": rewrites is not None,
+                        "reads": read_summaries(rewrites or []),
+                        "rewrites": [r.to_dict() for r in rewrites or []],
+                    },
                 },
                 indent=2,
             )
         )
     else:
         click.echo(describe_plan(physical, manifest))
+        click.echo(describe_rewrites(rewrites or [], enabled=rewrites is not None), nl=False)
 
 
 @cli.command()
@@ -206,6 +239,7 @@ def plan(
     "--run-logs", default=None, type=click.Path(), help="root of run directories (default: run_logs)"
 )
 @click.option("--quiet", is_flag=True, help="no progress output, only the summary")
+@click.option("--no-optimize", is_flag=True, help=NO_OPTIMIZE_HELP)
 def run(
     pipeline: str | None,
     params: tuple[str, ...],
@@ -219,6 +253,7 @@ def run(
     memory_limit_mb: int | None,
     run_logs: str | None,
     quiet: bool,
+    no_optimize: bool,
 ) -> None:
     """Run a pipeline (or --resume a run) and show live progress."""
     from osiris_flight.cli.run_command import RunRequest, execute
@@ -226,7 +261,12 @@ def run(
     if pipeline is None and resume_id is None:
         _fail(InvalidInput(Problem("give a pipeline file, or --resume RUN_ID")), as_json)
     try:
-        config = with_overrides(load_config(config_path), workers=workers, memory_limit_mb=memory_limit_mb)
+        config = with_overrides(
+            load_config(config_path),
+            workers=workers,
+            memory_limit_mb=memory_limit_mb,
+            optimize=False if no_optimize else None,
+        )
         request = RunRequest(
             pipeline=pipeline,
             params=params,

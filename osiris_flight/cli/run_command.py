@@ -23,6 +23,7 @@ from osiris_flight.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUN_FAILED, Inv
 from osiris_flight.oml.compile import compile_pipeline
 from osiris_flight.oml.connections import resolve_connections
 from osiris_flight.oml.model import Manifest
+from osiris_flight.oml.optimize import optimize
 from osiris_flight.oml.params import parse_param_args
 from osiris_flight.oml.plan import plan_manifest
 from osiris_flight.runs.rundir import find_run, new_run_id
@@ -53,6 +54,8 @@ class RunOutcome:
 
 
 def _manifest(config: Config, request: RunRequest) -> tuple[Manifest, str]:
+    """A fresh compile (optimized unless ``engine.optimize`` is off), or a resumed run's own manifest
+    exactly as it started (already optimized or not: resuming never rewrites it again)."""
     registry = build_registry(config.plugins)
     if request.resume_id:
         run_dir = find_run(request.run_logs, request.resume_id)
@@ -73,6 +76,8 @@ def _manifest(config: Config, request: RunRequest) -> tuple[Manifest, str]:
         profile=request.profile,
         connections_file=request.connections_file,
     )
+    if config.engine.optimize:  # the run directory's manifest.json is this one, with its optimizations
+        manifest, _ = optimize(manifest, registry)
     return manifest, new_run_id()
 
 

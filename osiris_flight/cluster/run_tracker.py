@@ -83,6 +83,7 @@ class RunTracker:
         self.finished = False
         # Last durable chunk of each chunked task: a retried or resumed attempt continues there.
         self.checkpoints: dict[str, dict[str, Any]] = dict(checkpoints)
+        self.failed_steps: dict[str, str] = {}  # task id -> the step its last failure came from
         for task_id, record in committed.items():
             self._count_committed(task_id, record.get("steps", {}))
 
@@ -113,11 +114,17 @@ class RunTracker:
     def finish(self, status: str, error: str = "", failed_task: str | None = None) -> dict[str, Any]:
         now = time.time()
         if failed_task:
+            # The step that raised fails; the others of its fused chain did not run to the end.
             stage, _ = parse_task_id(failed_task)
+            blamed = self.failed_steps.get(failed_task)
             for step_id in self.plan.stage(stage).steps:
-                if self.steps[step_id].state not in ("complete", "skipped"):
+                if self.steps[step_id].state in ("complete", "skipped"):
+                    continue
+                if blamed in (None, step_id):
                     self.steps[step_id].state = "failed"
                     self.telemetry.event("step_failed", step_id=step_id, error=error)
+                else:
+                    self.steps[step_id].state = "cancelled"
         summary = self.summary(now)
         self.telemetry.event(
             "run_end",
@@ -299,6 +306,8 @@ class RunTracker:
             self.telemetry.metric("rows_written", sp.rows, at=at, step=step_id)
 
     def task_failed(self, msg: p.TaskFailed) -> None:
+        if msg.step_id:
+            self.failed_steps[msg.task_id] = msg.step_id
         self.telemetry.event(
             "task_failed",
             task_id=msg.task_id,

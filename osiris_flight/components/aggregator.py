@@ -37,6 +37,7 @@ from osiris_flight.components._common import (
 from osiris_flight.components.base import ComponentSpec, StepContext, Transform
 from osiris_flight.data.rowstream import RowStream
 from osiris_flight.errors import Problem, TerminalError
+from osiris_flight.oml.validate import ColumnUse
 
 FUNCTIONS = ("count", "sum", "min", "max", "mean", "avg", "count_distinct")
 # Partial rows kept before a compaction is due, at least (rows of state, not bytes).
@@ -114,6 +115,13 @@ def check(config: Mapping[str, Any]) -> list[Problem]:
         for name in (config.get("aggregations") or {})
         if name in keys
     ]
+
+
+def columns_used(config: Mapping[str, Any]) -> ColumnUse:
+    """The group keys and the aggregated columns (a row count reads none); nothing else goes on."""
+    keys = [str(k) for k in config.get("group_by") or []]
+    values = [a.column for a in parse_aggregations(config) if a.column]
+    return ColumnUse(tuple(dict.fromkeys(keys + values)), passes_through=False)
 
 
 @dataclass(frozen=True)
@@ -312,5 +320,6 @@ COMPONENTS: list[ComponentSpec] = [
         max_inputs=1,
         partitionwise=False,
         check=check,
+        columns_used=columns_used,
     ),
 ]

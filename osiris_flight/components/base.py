@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from osiris_flight.data.rowstream import RowStream
 from osiris_flight.errors import Problem, TransientError
+from osiris_flight.oml.validate import ColumnUse
 
 Role = Literal["source", "transform", "sink"]
 ROLE_MODES: dict[Role, str] = {"source": "read", "transform": "transform", "sink": "write"}
@@ -175,6 +176,8 @@ class ComponentSpec:
     two keys are not both given); it returns located problems with ``field`` set, never raises.
     ``partitions`` says into how many parallel tasks a source step splits (1 unless configured).
     ``partitionwise`` transforms handle each batch independently, so they may run per partition.
+    ``columns_used`` tells the query optimizer which input columns a step with this config reads
+    (None, or a function returning None: every column), so a MySQL read upstream can select only those.
     """
 
     name: str
@@ -187,6 +190,7 @@ class ComponentSpec:
     partitionwise: bool = False
     check: Callable[[Mapping[str, Any]], list[Problem]] = field(default=lambda config: [])
     partitions: Callable[[Mapping[str, Any]], int] = field(default=lambda config: 1)
+    columns_used: Callable[[Mapping[str, Any]], ColumnUse | None] | None = None
 
     @property
     def mode(self) -> str:

@@ -2,11 +2,12 @@
 
 The condition language is a subset of a SQL WHERE clause in the MySQL dialect (see
 ``sql_predicate`` for exactly what is supported). Osiris users already write SQL for their
-extractors, so they need not learn a second expression language; and a condition written as SQL can
-later be pushed down into a MySQL extractor's query unchanged. The text is parsed with sqlglot when
-the pipeline is validated (an unsupported construct is reported before anything runs) and translated
-into a pyarrow compute expression evaluated per batch, so the filter streams: it holds one input
-batch and at most ~2 x ``ctx.batch_rows`` output rows.
+extractors, so they need not learn a second expression language; and a condition written as SQL is
+pushed down into a MySQL read by the query optimizer (``oml/optimize.py``), for the parts MySQL
+evaluates exactly as this filter does; ``where: TRUE`` is then what is left here. The text is parsed
+with sqlglot when the pipeline is validated (an unsupported construct is reported before anything
+runs) and translated into a pyarrow compute expression evaluated per batch, so the filter streams:
+it holds one input batch and at most ~2 x ``ctx.batch_rows`` output rows.
 
 Rows where the condition is NULL are dropped, as in SQL (``amount > 10`` drops rows whose amount is
 NULL; write ``amount > 10 OR amount IS NULL`` to keep them).
@@ -18,6 +19,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pyarrow as pa
+from sqlglot import exp
 
 from osiris_flight.components._common import (
     SCHEMA_DIALECT,
@@ -29,6 +31,7 @@ from osiris_flight.components.base import ComponentSpec, Transform
 from osiris_flight.components.sql_predicate import SUPPORTED, PredicateError, parse_predicate
 from osiris_flight.data.rowstream import RowStream
 from osiris_flight.errors import Problem, TerminalError
+from osiris_flight.oml.validate import ColumnUse
 
 CONFIG_SCHEMA: dict[str, Any] = {
     "$schema": SCHEMA_DIALECT,
@@ -63,6 +66,16 @@ def check(config: Mapping[str, Any]) -> list[Problem]:
     return []
 
 
+def columns_used(config: Mapping[str, Any]) -> ColumnUse | None:
+    """The condition's columns and the kept ones; without ``columns`` every other column goes on."""
+    try:
+        predicate = parse_predicate(str(config.get("where", "")))
+    except PredicateError:
+        return None  # not validated yet: claim nothing, so nothing is projected away
+    kept = [str(c) for c in config.get("columns") or []]
+    return ColumnUse(tuple(dict.fromkeys([*predicate.columns, *kept])), passes_through=not kept)
+
+
 class Filter(Transform):
     """Per-batch ``RecordBatch.filter`` with the translated condition, then an optional projection."""
 
@@ -91,10 +104,16 @@ class Filter(Transform):
         columns = list(self.config.get("columns") or [])
         require_columns(self.ctx, columns, schema, field="columns")
         out_schema = pa.schema([schema.field(c) for c in columns]) if columns else schema
+        # ``where: TRUE`` is what the query optimizer leaves when MySQL already applied the condition:
+        # pass batches on untouched instead of copying each through a filter that keeps every row.
+        keeps_all = isinstance(predicate.tree, exp.Boolean) and bool(predicate.tree.this)
 
         def batches() -> Iterator[pa.RecordBatch]:
             for batch in stream.batches():
                 self.ctx.check_cancelled()
+                if keeps_all:
+                    yield batch.select(columns) if columns else batch
+                    continue
                 try:
                     kept = batch.filter(expression)
                 except pa.ArrowException as exc:  # e.g. integer overflow in the condition's arithmetic
@@ -117,5 +136,6 @@ COMPONENTS: list[ComponentSpec] = [
         max_inputs=1,
         partitionwise=True,
         check=check,
+        columns_used=columns_used,
     ),
 ]

@@ -9,7 +9,8 @@
   consume outputs roughly in the order they were produced, and the newest output is usually the one
   being written *and* streamed live from its tail, so it stays in memory longest. One file per output
   per spill gives few large files (better compression, fewer opens) and a deterministic order.
-* Spilled chunks are read through a memory map, one decoded batch at a time per reader.
+* Spilled chunks are read with plain file reads (not a memory map, whose touched pages would stay in
+  the worker's RSS), one decoded batch at a time per reader.
 
 One lock guards all state; each output has a condition on it, so an append wakes only its readers.
 Spill I/O runs outside that lock (readers are never held up by disk writes), serialised by a spill lock.

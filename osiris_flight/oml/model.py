@@ -66,6 +66,10 @@ class StepSpec:
 
 @dataclass(frozen=True)
 class Manifest:
+    """A compiled pipeline. ``optimizations`` lists what the query optimizer did to ``steps`` (and
+    what it declined, with why): empty for a manifest as compiled, so that one's bytes never change.
+    It is an optional key, so a manifest without it is still version 2."""
+
     name: str
     oml_version: str
     steps: tuple[StepSpec, ...]
@@ -73,6 +77,7 @@ class Manifest:
     profile: str | None = None
     source_file: str = ""
     source_sha256: str = ""
+    optimizations: tuple[dict[str, Any], ...] = ()
 
     def step(self, step_id: str) -> StepSpec:
         return self._steps_by_id[step_id]
@@ -94,6 +99,8 @@ class Manifest:
             "params": self.params,
             "steps": steps,
         }
+        if self.optimizations:
+            body["optimizations"] = list(self.optimizations)
         body["fingerprints"] = {
             "manifest": sha256_of(body),
             "steps": {s["id"]: s["fingerprint"] for s in steps},
@@ -120,6 +127,7 @@ class Manifest:
             profile=data.get("profile"),
             source_file=data.get("source", {}).get("file", ""),
             source_sha256=data.get("source", {}).get("sha256", ""),
+            optimizations=tuple(dict(o) for o in data.get("optimizations") or ()),
         )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from jsonschema import Draft202012Validator
@@ -17,6 +17,20 @@ from jsonschema import Draft202012Validator
 from osiris_flight.errors import Problem
 from osiris_flight.oml.loader import OmlDocument, RawStep
 from osiris_flight.oml.schema_errors import schema_problems, valid_choices_hint
+
+
+@dataclass(frozen=True)
+class ColumnUse:
+    """Which input columns a step reads, as its component declares it for the query optimizer.
+
+    ``reads``: the columns the step itself uses, by name. ``passes_through``: the step hands every
+    other input column on unchanged (a filter without ``columns``), so what its own consumers read
+    counts as well. A component that declares nothing (a join, a writer, SQL over its inputs, a
+    plugin) is taken to read every column: the optimizer then projects nothing away.
+    """
+
+    reads: tuple[str, ...]
+    passes_through: bool = False
 
 
 class ComponentInfo(Protocol):
@@ -40,6 +54,8 @@ class ComponentInfo(Protocol):
     def check(self) -> Callable[[Mapping[str, Any]], list[Problem]]: ...
     @property
     def partitions(self) -> Callable[[Mapping[str, Any]], int]: ...
+    @property
+    def columns_used(self) -> Callable[[Mapping[str, Any]], ColumnUse | None] | None: ...
 
 
 class ComponentCatalog(Protocol):

@@ -4,7 +4,8 @@ It records what must survive a crash: which terminal tasks (sinks, discarded out
 source checkpoints. A line is written only after the thing it records is durable, so a resumed run
 never skips work that was not finished. Lines are flushed to the kernel at once (a killed process
 loses nothing) but not fsynced: a line lost to a power cut only makes a resume redo a committed task,
-which is safe because every sink commit is idempotent, and an fsync per task would cost milliseconds
+which is safe for overwrite-mode files and staged MySQL loads (a CSV ``write_mode: append`` redone
+that way would append twice: see docs/components.md), and an fsync per task would cost milliseconds
 per task on the coordinator's hot path. A reader refuses a journal whose version it does not know.
 """
 

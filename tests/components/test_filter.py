@@ -23,7 +23,9 @@ from hypothesis import strategies as st
 
 from osiris_flight.components import filter as filter_component
 from osiris_flight.components.filter import Filter
+from osiris_flight.data.rowstream import RowStream
 from osiris_flight.errors import TerminalError
+from osiris_flight.oml.validate import ColumnUse
 from tests.components.helpers import collect, make_ctx, stream_of
 
 
@@ -375,3 +377,23 @@ def test_spec_shape() -> None:
     (spec,) = filter_component.COMPONENTS
     assert spec.name == "transform.filter" and spec.partitionwise
     assert (spec.min_inputs, spec.max_inputs) == (1, 1)
+
+
+def test_where_true_passes_batches_on_untouched(tmp_path: Path) -> None:
+    """What the query optimizer leaves behind when MySQL applied the condition: the very batches go on."""
+    table = pa.table({"id": list(range(250)), "note": [f"n{i}" for i in range(250)]})
+    source = table.to_batches(max_chunksize=100)
+    ctx = make_ctx(tmp_path, {"where": "TRUE"}, step_id="keep", batch_rows=100)
+    out = list(Filter(ctx).apply({"read": RowStream(source, table.schema)}).batches())
+    assert [b.num_rows for b in out] == [100, 100, 50]
+    assert out[0] is source[0] and out[1] is source[1]
+    projected = Filter(make_ctx(tmp_path, {"where": "TRUE", "columns": ["note"]})).apply(
+        {"read": stream_of(table, 100)}
+    )
+    assert collect(projected).column_names == ["note"]
+
+
+def test_columns_used_is_what_the_optimizer_projects() -> None:
+    assert filter_component.columns_used({"where": "a > 1 AND b IS NULL"}) == ColumnUse(("a", "b"), True)
+    assert filter_component.columns_used({"where": "a > 1", "columns": ["c", "a"]}) == ColumnUse(("a", "c"))
+    assert filter_component.columns_used({"where": "a >"}) is None

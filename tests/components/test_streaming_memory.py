@@ -54,7 +54,9 @@ def test_csv_extractor_memory_is_flat(tmp_path: Path, big_table: pa.Table) -> No
     ctx = make_ctx(tmp_path, {"path": str(path)}, batch_rows=8192, memory_limit_bytes=32 << 20)
     rows, peak = peak_allocation(CsvExtractor(ctx).open().batches())
     assert rows == ROWS
-    assert peak < size / 5, (peak, size)
+    # Blocks are sized so that the reader's working set (~40 blocks) fits the task's budget,
+    # whatever the file's size (here about 35 MB).
+    assert peak < ctx.memory_limit_bytes // 2 and peak < size / 3, (peak, size)
 
 
 def test_parquet_extractor_memory_is_flat(tmp_path: Path, big_table: pa.Table) -> None:

@@ -1,7 +1,8 @@
-"""THE row decoder: raw text-protocol row packets + the result's layout -> one Arrow RecordBatch.
+"""The reference row decoder: raw text-protocol row packets + the result's layout -> one Arrow batch.
 
-This is the one replaceable piece of the extractor (a later native twin must give identical
-output, and is checked against this pure-Python reference). It works in two passes:
+This is the replaceable piece of the extractor in its pure-Python form: its native twin
+(native/mysql_split.pyx) and the binary-protocol decoder (native/mysql_binary.pyx) are checked
+against it for identical output. It works in two passes:
 
 1. split: walk each row packet once, cutting its length-encoded values (``NULL`` is byte 0xFB) into
    one Python list per column -- the only per-value Python work;
@@ -89,17 +90,26 @@ def decode_columns(columns: Sequence[pa.BinaryArray], layout: Layout) -> Decoded
     arrays: list[pa.Array] = []
     zero_dates: dict[str, int] = {}
     for plan, values in zip(layout.plans, columns, strict=True):
-        try:
-            array, zeros = _convert(plan, values)
-        except (pa.ArrowInvalid, ValueError, UnicodeDecodeError) as exc:
-            raise TerminalError(
-                f"column '{plan.name}' ({plan.field.metadata[b'mysql.type'].decode()}): cannot decode a "
-                f"value as {plan.arrow_type}: {exc}"
-            ) from None
+        array, zeros = _convert_checked(plan, values)
         arrays.append(array)
         if zeros:
             zero_dates[plan.name] = zeros
     return DecodedBatch(pa.RecordBatch.from_arrays(arrays, schema=layout.schema), zero_dates)
+
+
+def convert_column(plan: ColumnPlan, values: pa.BinaryArray) -> pa.Array:
+    """One column's raw values -> its Arrow type (the binary decoder's DECIMAL, strings, BIT)."""
+    return _convert_checked(plan, values)[0]
+
+
+def _convert_checked(plan: ColumnPlan, values: pa.BinaryArray) -> tuple[pa.Array, int]:
+    try:
+        return _convert(plan, values)
+    except (pa.ArrowInvalid, ValueError, UnicodeDecodeError) as exc:
+        raise TerminalError(
+            f"column '{plan.name}' ({plan.field.metadata[b'mysql.type'].decode()}): cannot decode a "
+            f"value as {plan.arrow_type}: {exc}"
+        ) from None
 
 
 def _text(values: pa.BinaryArray) -> pa.StringArray:

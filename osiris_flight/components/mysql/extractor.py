@@ -32,7 +32,7 @@ from osiris_flight.components.mysql.connection import (
     quote_ident,
     secret_values,
 )
-from osiris_flight.components.mysql.decode import decode_columns, split_values
+from osiris_flight.components.mysql.decode import DecodedBatch, decode_columns, split_values
 from osiris_flight.components.mysql.readplan import (
     QUERY_ALIAS,
     Position,
@@ -44,7 +44,7 @@ from osiris_flight.components.mysql.readplan import (
     typed_from_raw,
 )
 from osiris_flight.components.mysql.types import Layout, layout_of
-from osiris_flight.components.mysql.wire import UnbufferedResult
+from osiris_flight.components.mysql.wire import PreparedResult, UnbufferedResult, typed_key
 from osiris_flight.data.rowstream import RowStream
 from osiris_flight.errors import TaskError, TerminalError
 
@@ -126,9 +126,15 @@ class MySQLExtractor(ChunkedSource):
         self.batch_rows = int(cfg.get("batch_size", DEFAULT_BATCH_ROWS))
         self.chunk_rows = int(cfg.get("chunk_rows", DEFAULT_CHUNK_ROWS))
         self.retries = int(cfg.get("retries", DEFAULT_RETRIES))
-        # The replaceable piece: rows are split natively (Cython, from the socket) or by the
-        # pure-Python reference; the conversion to Arrow types after it is shared.
-        self.native = cfg.get("decoder", "native") == "native"
+        # The replaceable piece. binary (default): the statement runs as a server-side prepared
+        # statement and its binary rows are decoded in Cython straight into Arrow buffers (the
+        # server skips formatting values as text: ~2x the rows/s of the text protocol here).
+        # native: text-protocol rows split in Cython; reference: the same in pure Python. The
+        # conversion of split text columns to Arrow types is shared by the last two.
+        decoder = cfg.get("decoder", "binary")
+        self.binary = decoder == "binary"
+        self.native = decoder == "native"
+        self._slice_zero_dates: dict[str, int] = {}
         self.max_rows: int | None = cfg.get("limit")
         self._conn: Connection | None = None
         self._plan: ReadPlan | None = None
@@ -241,6 +247,7 @@ class MySQLExtractor(ChunkedSource):
             nullable_key=bool(key) and not columns[self._key_index].not_null,
             partition_column=partition_column,
             raw_query=None if owned else query,
+            condition=cfg.get("where") if table is not None else None,
         )
         return plan, layout, hidden
 
@@ -264,7 +271,7 @@ class MySQLExtractor(ChunkedSource):
 
     def _min_max(self, column: str) -> tuple[object, object]:
         assert self._plan is not None
-        sql = f"SELECT MIN({quote_ident(column)}), MAX({quote_ident(column)}) FROM {self._plan.source}"
+        sql = self._plan.bounds_sql(column)
         failures = 0
         while True:
             try:
@@ -301,7 +308,7 @@ class MySQLExtractor(ChunkedSource):
                 limit = None if state.limit is None else state.limit - state.rows
                 nulls = state.kind == "nulls"
                 sql = plan.sql(conn.escape, after=state.last_key, nulls=nulls, limit=limit)
-                result = UnbufferedResult(conn, sql)
+                result = (PreparedResult if self.binary else UnbufferedResult)(conn, sql)
                 if [c.name for c in result.columns] != [c.name for c in layout.columns]:
                     raise TerminalError(
                         f"step '{ctx.step_id}': the result's columns changed during the read "
@@ -311,16 +318,8 @@ class MySQLExtractor(ChunkedSource):
                 # serves the next chunk. A plain query is capped here, and its connection dropped
                 # rather than drained.
                 cap = state.limit if plan.raw_query is not None else None
-                splitter = ColumnSplitter(len(layout.plans)) if self.native else None
-                while True:
-                    if splitter is not None:
-                        columns = result.read_columns(splitter, self.batch_rows, limit_bytes)
-                    else:
-                        packets = result.read(self.batch_rows, limit_bytes)
-                        columns = [pa.array(v, pa.binary()) for v in split_values(packets, len(layout.plans))]
-                    rows = len(columns[0]) if columns else 0
-                    if not rows:
-                        break
+                for columns in self._column_slices(result, layout, limit_bytes):
+                    rows = len(columns[0])
                     if cap is not None and state.rows + rows > cap:
                         columns = [c.slice(0, cap - state.rows) for c in columns]
                     yield self._deliver(state, columns)
@@ -341,17 +340,39 @@ class MySQLExtractor(ChunkedSource):
                     raise type(error)(f"{error} (gave up after {self.retries} retries)") from None
                 self._wait(failures, error, after_rows=state.start.rows + state.rows)
 
+    def _column_slices(
+        self, result: UnbufferedResult | PreparedResult, layout: Layout, limit_bytes: int
+    ) -> Iterator[list[pa.BinaryArray]]:
+        """The result's rows as split columns (binary: final arrays), a bounded slice at a time."""
+        if isinstance(result, PreparedResult):
+            while arrays := result.read_arrays(layout, self.batch_rows, limit_bytes):
+                self._slice_zero_dates = result.zero_dates
+                yield arrays
+            return
+        if self.native:
+            splitter = ColumnSplitter(len(layout.plans))
+            while columns := result.read_columns(splitter, self.batch_rows, limit_bytes):
+                yield columns
+            return
+        while packets := result.read(self.batch_rows, limit_bytes):
+            yield [pa.array(v, pa.binary()) for v in split_values(packets, len(layout.plans))]
+
     def _deliver(self, state: _ChunkState, columns: list[pa.BinaryArray]) -> pa.RecordBatch:
         """Convert a slice of split rows and advance the statement's position past it."""
         assert self._layout is not None
         layout = self._layout
-        decoded = decode_columns(columns, layout)
+        if self.binary:
+            batch = pa.RecordBatch.from_arrays(columns, schema=layout.schema)
+            decoded = DecodedBatch(batch, self._slice_zero_dates)
+        else:
+            decoded = decode_columns(columns, layout)
         for column, count in decoded.zero_dates.items():
             self.zero_dates[column] = self.zero_dates.get(column, 0) + count
         if self._key_index >= 0:
             raw = columns[self._key_index][-1].as_py()
             if raw is not None:
-                state.last_key = typed_from_raw(layout.plans[self._key_index].kind, raw)
+                kind = layout.plans[self._key_index].kind
+                state.last_key = typed_key(raw) if self.binary else typed_from_raw(kind, raw)
         state.rows += len(columns[0])
         batch = decoded.batch
         if len(self._keep) != batch.num_columns:

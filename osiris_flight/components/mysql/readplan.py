@@ -153,9 +153,10 @@ class ReadPlan:
     partition_column: str | None = None
     range: Range = field(default_factory=Range)
     raw_query: str | None = None  # a plain query, sent exactly as written (no key, no partition)
+    condition: str | None = None  # a table read's ``where`` (MySQL text), in every statement
 
     def where(self, quote: Quote, *, after: TypedValue | None, nulls: bool) -> list[str]:
-        conds: list[str] = []
+        conds: list[str] = [f"({self.condition})"] if self.condition else []
         if self.partition_column is not None:
             column = quote_ident(self.partition_column)
             if self.range.nothing:
@@ -174,6 +175,13 @@ class ReadPlan:
             elif self.nullable_key:
                 conds.append(f"{key} IS NOT NULL")
         return conds
+
+    def bounds_sql(self, column: str) -> str:
+        """MIN and MAX of the partition column over the rows the read keeps (its ``where``), so the
+        ranges cut between them split only those rows: none is spent on rows the condition excludes."""
+        column_sql = quote_ident(column)
+        text = f"SELECT MIN({column_sql}), MAX({column_sql}) FROM {self.source}"
+        return text + (f" WHERE ({self.condition})" if self.condition else "")
 
     def sql(
         self, quote: Quote, *, after: TypedValue | None = None, nulls: bool = False, limit: int | None = None
