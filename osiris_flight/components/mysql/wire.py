@@ -16,6 +16,7 @@ import datetime as dt
 import struct
 from collections.abc import Sequence
 from decimal import Decimal
+from typing import Any
 
 import pyarrow as pa
 from pymysql import err
@@ -40,6 +41,21 @@ def _text(value: bytes | str | None) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
+def column_info(field: Any) -> ColumnInfo:
+    """A pymysql FieldDescriptorPacket as the mapping table (types.py) reads it."""
+    return ColumnInfo(
+        name=_text(field.name),
+        type_code=int(field.type_code),
+        flags=int(field.flags),
+        length=int(field.length),
+        decimals=int(field.scale),
+        charsetnr=int(field.charsetnr),
+        db=_text(field.db),
+        org_table=_text(field.org_table),
+        org_name=_text(field.org_name),
+    )
+
+
 class UnbufferedResult:
     """One SELECT in progress on ``conn``: its columns, then its rows in bounded slices.
 
@@ -55,20 +71,7 @@ class UnbufferedResult:
         if result is None or not result.field_count:
             raise err.ProgrammingError(0, "the statement returned no result set (it must be a SELECT)")
         self._result = result
-        self.columns = [
-            ColumnInfo(
-                name=_text(f.name),
-                type_code=int(f.type_code),
-                flags=int(f.flags),
-                length=int(f.length),
-                decimals=int(f.scale),
-                charsetnr=int(f.charsetnr),
-                db=_text(f.db),
-                org_table=_text(f.org_table),
-                org_name=_text(f.org_name),
-            )
-            for f in result.fields
-        ]
+        self.columns = [column_info(f) for f in result.fields]
         self.done = not result.unbuffered_active
         self.warnings = 0
 
@@ -299,20 +302,7 @@ class PreparedResult:
             if conn._sock is not None:
                 self._close_statement()
             raise
-        self.columns = [
-            ColumnInfo(
-                name=_text(f.name),
-                type_code=int(f.type_code),
-                flags=int(f.flags),
-                length=int(f.length),
-                decimals=int(f.scale),
-                charsetnr=int(f.charsetnr),
-                db=_text(f.db),
-                org_table=_text(f.org_table),
-                org_name=_text(f.org_name),
-            )
-            for f in fields
-        ]
+        self.columns = [column_info(f) for f in fields]
 
     def read_arrays(self, layout: Layout, max_rows: int, max_bytes: int) -> list[pa.Array]:
         """Up to ``max_rows`` rows (fewer once ``max_bytes`` are read) as arrays of ``layout``'s
