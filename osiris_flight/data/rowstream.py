@@ -13,7 +13,7 @@ import base64
 import json
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
@@ -213,16 +213,3 @@ class BufferedRowStream(RowStream):
                 else:
                     return
             yield batch
-
-
-def counted(stream: RowStream, on_batch: Callable[[pa.RecordBatch], None]) -> RowStream:
-    """Wrap a stream so every batch passing through is reported (rows/bytes metrics per step)."""
-
-    def gen() -> Iterator[pa.RecordBatch]:
-        for batch in stream.batches():
-            on_batch(batch)
-            yield batch
-
-    wrapped = RowStream(gen(), None, estimated_rows=stream._estimated_rows, name=stream.name)
-    wrapped._schema = stream._schema
-    return wrapped

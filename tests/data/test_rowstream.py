@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from osiris_flight.data.rowstream import BufferedRowStream, RowStream, StreamClosedError, counted
+from osiris_flight.data.rowstream import BufferedRowStream, RowStream, StreamClosedError
 
 
 def batches(sizes: list[int]) -> list[pa.RecordBatch]:
@@ -96,10 +96,3 @@ def test_buffered_stream_propagates_the_producer_error() -> None:
 def test_read_only_stream_refuses_writes() -> None:
     with pytest.raises(StreamClosedError, match="read-only"):
         RowStream([]).write_batch(pa.record_batch({"x": [1]}))
-
-
-def test_counted_sees_every_batch() -> None:
-    seen: list[int] = []
-    wrapped = counted(RowStream(batches([2, 3])), lambda b: seen.append(b.num_rows))
-    assert sum(b.num_rows for b in wrapped.batches()) == 5
-    assert seen == [2, 3]
