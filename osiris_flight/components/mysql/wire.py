@@ -56,6 +56,16 @@ def column_info(field: Any) -> ColumnInfo:
     )
 
 
+def ready_socket(conn: Connection) -> Connection:
+    """The connection, its socket set to the read timeout (as pymysql does before each read)."""
+    if conn._sock is None:
+        raise err.OperationalError(CR.CR_SERVER_LOST, "Lost connection to MySQL server during query")
+    if conn._current_timeout != conn._read_timeout:
+        conn._sock.settimeout(conn._read_timeout)
+        conn._current_timeout = conn._read_timeout
+    return conn
+
+
 class UnbufferedResult:
     """One SELECT in progress on ``conn``: its columns, then its rows in bounded slices.
 
@@ -83,12 +93,7 @@ class UnbufferedResult:
         """
         if self.done:
             return []
-        conn = self._conn
-        if conn._sock is None:
-            raise err.OperationalError(CR.CR_SERVER_LOST, "Lost connection to MySQL server during query")
-        if conn._current_timeout != conn._read_timeout:
-            conn._sock.settimeout(conn._read_timeout)
-            conn._current_timeout = conn._read_timeout
+        conn = ready_socket(self._conn)
         read = conn._rfile.read
         seq = conn._next_seq_id
         rows: list[bytes] = []
@@ -127,12 +132,7 @@ class UnbufferedResult:
         one binary array per column (no Python object per row or value); [] at the end."""
         if self.done:
             return []
-        conn = self._conn
-        if conn._sock is None:
-            raise err.OperationalError(CR.CR_SERVER_LOST, "Lost connection to MySQL server during query")
-        if conn._current_timeout != conn._read_timeout:
-            conn._sock.settimeout(conn._read_timeout)
-            conn._current_timeout = conn._read_timeout
+        conn = ready_socket(self._conn)
         try:
             status, seq, payload = splitter.read_rows(conn._rfile, conn._next_seq_id, max_rows, max_bytes)
         except (OSError, ConnectionError) as exc:  # a socket timeout, reset, or the server hung up
@@ -310,15 +310,10 @@ class PreparedResult:
         self.zero_dates = {}
         if self.done:
             return []
-        conn = self._conn
-        if conn._sock is None:
-            raise err.OperationalError(CR.CR_SERVER_LOST, "Lost connection to MySQL server during query")
+        conn = ready_socket(self._conn)
         if self._reader is None:
             self._reader = BinaryRowReader(binary_specs(self.columns, layout))
         reader = self._reader
-        if conn._current_timeout != conn._read_timeout:
-            conn._sock.settimeout(conn._read_timeout)
-            conn._current_timeout = conn._read_timeout
         try:
             status, seq, payload = reader.read_rows(conn._rfile, conn._next_seq_id, max_rows, max_bytes)
         except (OSError, ConnectionError) as exc:
