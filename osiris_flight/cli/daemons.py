@@ -14,15 +14,15 @@ import sys
 # group_by and join) warns on every such batch by default; unaligned loads are safe on the x86-64 and
 # aarch64 machines this runs on, and copying every batch to align it would cost a memcpy per batch.
 os.environ.setdefault("ACERO_ALIGNMENT_HANDLING", "ignore")
-# jemalloc returns freed memory to the OS sooner than pyarrow's default mimalloc pool, so a worker's
-# RSS follows what it holds more closely (seen in bench_memory.py runs during development). It must
-# be chosen before pyarrow is first imported: switching pools at run time cost throughput.
-os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "jemalloc")
 
 import click
 
 from osiris_flight.config import Config, load_config
 from osiris_flight.errors import InvalidInput
+from osiris_flight.runtime import allocator
+
+# Before pyarrow allocates anything: the pool is picked on first use (runtime/allocator.py says why).
+allocator.choose_arrow_pool()
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s"
 
@@ -126,6 +126,7 @@ def worker_main(
     from osiris_flight.cluster.worker import Worker, WorkerOptions
 
     _logging(log_level)
+    allocator.tune()
     config = _config(config_path)
     engine = config.engine
     address = coordinator or config.cluster.coordinator
