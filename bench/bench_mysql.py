@@ -14,7 +14,9 @@ created once, server-side (``INSERT ... SELECT`` from MariaDB's SEQUENCE engine)
     binary protocol and with the text protocol the extractor reads; and a pymysql
     ``SSCursor`` whose rows are turned into Arrow batches (issue 4's ~80k rows/s reference). Each
     reports rows/s over the read (connect to last batch, imports excluded), its RSS after imports
-    and its peak RSS (``ru_maxrss``, the kernel's high-water mark).
+    and its peak RSS (``ru_maxrss``, the kernel's high-water mark), and the same for its private
+    memory (``RssAnon``: RSS without shared library pages). The engine's readers run with a
+    worker's allocator settings (jemalloc pool, ``osiris_flight/runtime/allocator.py``).
 (2) MySQL -> CSV: ``mysql.extractor -> filesystem.csv_writer`` through the engine (submitted to a
     started local cluster, and end to end with the ``osiris-flight run`` CLI), against a hand-written
     ``connectorx`` + ``pyarrow.csv`` script and ``pymysql`` + ``pandas.to_csv`` in chunks; and the
@@ -36,6 +38,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -56,6 +59,8 @@ from _common import (
     submit,
     write_results,
 )
+
+from osiris_flight.runtime import allocator
 
 HOST = os.environ.get("OSIRIS_TEST_MYSQL_HOST", "127.0.0.1")
 PORT = int(os.environ.get("OSIRIS_TEST_MYSQL_PORT", "3306"))
@@ -210,12 +215,13 @@ def decoder_key_exists() -> bool:
 
 # -- readers (each runs in a child process: ``--child NAME``) ------------------------------------------
 def read_osiris(table: str, decoder: str | None) -> Iterator[int]:
-    """The engine's mysql.extractor operator, built from the registry and drained in this process."""
+    """The engine's mysql.extractor operator, built from its component spec and drained in this
+    process. Only the MySQL component package is imported (as a reader needs), not every component
+    ``build_registry`` loads (CSV, Parquet, filter, ...: ~20 MB more RSS that a stream does not use)."""
     from osiris_flight.components.base import Source, StepContext
-    from osiris_flight.components.registry import build_registry
+    from osiris_flight.components.mysql import COMPONENTS
 
-    spec = build_registry().get("mysql.extractor")
-    assert spec is not None
+    spec = next(c for c in COMPONENTS if c.name == "mysql.extractor")
     config: dict[str, Any] = {"connection": "@mysql.bench", "table": table}
     if decoder is not None:
         config["decoder"] = decoder
@@ -388,33 +394,81 @@ CHILD_READERS: dict[str, Callable[[str, Path], Iterator[int]]] = {
 }
 
 
+# The engine's operators run as a worker runs them: Arrow's jemalloc pool and runtime/allocator.py's
+# settings (the baselines keep their libraries' defaults).
+ENGINE_READERS = frozenset({"binary", "native", "reference", "extractor", "csv_operators"})
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+class PrivatePeak:
+    """Peak of the process's anonymous (private) resident memory, sampled every 10 ms in a thread:
+    RSS without the file-backed pages of shared libraries (pyarrow's alone map ~66 MB of them),
+    which every process using those libraries shares and the kernel maps in as code runs."""
+
+    def __init__(self) -> None:
+        self.peak_kib = _status_kib("RssAnon")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.01):
+            self.peak_kib = max(self.peak_kib, _status_kib("RssAnon"))
+
+    def __enter__(self) -> PrivatePeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_kib = max(self.peak_kib, _status_kib("RssAnon"))
+
+
 def child_main(name: str, table: str, out: Path) -> None:
-    """Run one reader; print one JSON line: rows, read seconds, RSS after imports, peak RSS."""
+    """Run one reader; print one JSON line: rows, read seconds, RSS after imports, peak RSS, and the
+    same two for private (anonymous) memory."""
     import psutil
 
+    if name in ENGINE_READERS:
+        allocator.tune()  # what a worker does at start (its pool was chosen by run_child's env)
     gen = CHILD_READERS[name](table, out)
     assert next(gen) == 0
     rss_ready = psutil.Process().memory_info().rss
-    started = time.perf_counter()
-    rows = sum(gen)
-    read_s = time.perf_counter() - started
+    private_ready = _status_kib("RssAnon") * 1024
+    with PrivatePeak() as private:
+        started = time.perf_counter()
+        rows = sum(gen)
+        read_s = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
     report = {
         "rows": rows,
         "read_s": read_s,
         "rss_ready": rss_ready,
         "peak_rss": peak,
+        "private_ready": private_ready,
+        "peak_private": private.peak_kib * 1024,
         "pandas_loaded": "pandas" in sys.modules,  # ~40 MB of RSS when a reader pulls it in
     }
     print(json.dumps(report), flush=True)
 
 
 def run_child(name: str, table: str, out: Path | None = None) -> dict[str, Any]:
+    env = dict(os.environ)
+    if name in ENGINE_READERS:  # Arrow's pool is picked when pyarrow first allocates: set it up front
+        env["ARROW_DEFAULT_MEMORY_POOL"] = allocator.ARROW_POOL
     proc = subprocess.run(
         [sys.executable, __file__, "--child", name, "--table", table, "--out", str(out or os.devnull)],
         capture_output=True,
         text=True,
         timeout=900,
+        env=env,
     )
     if proc.returncode != 0:
         raise RuntimeError(f"reader {name} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -484,6 +538,8 @@ def summarize(runs: list[dict[str, Any]], rows: int) -> dict[str, Any]:
         "rows_per_s": rows / read_s,
         "peak_rss_mb": max(r["peak_rss"] for r in runs) / 2**20,
         "rss_ready_mb": median([r["rss_ready"] for r in runs]) / 2**20,
+        "peak_private_mb": max(r.get("peak_private", 0) for r in runs) / 2**20,
+        "private_ready_mb": median([r.get("private_ready", 0) for r in runs]) / 2**20,
     }
 
 
@@ -741,7 +797,11 @@ def markdown(results: dict[str, Any]) -> str:
     lines.append("\n## 1. Single stream MySQL -> Arrow\n")
     lines.append(
         "Each reader runs in its own subprocess; rows/s over the read (connect, query, last batch; "
-        "imports excluded); RSS after imports, and peak RSS (`ru_maxrss`) of that process.\n"
+        "imports excluded); RSS after imports, and peak RSS (`ru_maxrss`) of that process; and the "
+        "same for its private memory (`RssAnon`, sampled every 10 ms): RSS without the pages of shared "
+        "libraries mapped from disk (pyarrow's alone are ~66 MB), which every process using them "
+        "shares. The engine's readers run with the worker's allocator settings (jemalloc pool, "
+        "`runtime/allocator.py`); the others with their libraries' defaults.\n"
     )
     table_rows = []
     pandas_rps = arrow["pandas"]["rows_per_s"]
@@ -761,6 +821,8 @@ def markdown(results: dict[str, Any]) -> str:
                 f"{r['rss_ready_mb']:,.0f}",
                 f"{r['peak_rss_mb']:,.0f}",
                 f"{r['peak_rss_mb'] - r['rss_ready_mb']:,.0f}",
+                f"{r['private_ready_mb']:,.0f}",
+                f"{r['peak_private_mb']:,.0f}",
                 "yes" if any(x.get("pandas_loaded") for x in r["runs"]) else "no",
             ]
         )
@@ -776,6 +838,8 @@ def markdown(results: dict[str, Any]) -> str:
                 "RSS after imports MB",
                 "peak RSS MB",
                 "added by the read MB",
+                "private after imports MB",
+                "peak private MB",
                 "pandas imported",
             ],
             table_rows,
@@ -920,10 +984,11 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(md_table(["goal", "figures", "ratio", "target", "verdict"], goals))
 
     lines.append(
-        "\nReaders: `mysql.extractor` is the engine's operator built from the component registry "
-        '(`build_registry().get("mysql.extractor").operator(StepContext(...))`, `open().batches()` drained), '
-        "so the figures are the reader's and not the cluster's (its RSS after imports includes every "
-        "component module `build_registry` loads). connectorx reads `arrow_stream` batches of 65,536 "
+        "\nReaders: `mysql.extractor` is the engine's operator built from its component spec "
+        "(`osiris_flight.components.mysql.COMPONENTS`, `spec.operator(StepContext(...))`, "
+        "`open().batches()` drained), so the figures are the reader's and not the cluster's (only the "
+        "MySQL component package is imported, not the CSV, Parquet and other modules a worker "
+        "loads). connectorx reads `arrow_stream` batches of 65,536 "
         "rows, with its default MySQL protocol (binary: the server sends numbers and dates as binary "
         "values, not text), and, for the comparison on equal terms, with the text protocol the "
         "extractor uses; it maps DECIMAL(12,2) to decimal128(38,10) (hence its larger CSV), where the "

@@ -11,8 +11,8 @@ that ``wire.PreparedResult`` converts with decode.py's shared casts.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
-from libc.stdlib cimport free, malloc, realloc
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
+from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
 import pyarrow as pa
@@ -49,11 +49,12 @@ cdef struct Column:
     int out
     int width        # bytes per value of a fixed-width output
     int64_t scale    # O_TS: microseconds per unit (1, 1000, 1000000); O_INT: 1 if signed
-    uint8_t* validity
+    uint8_t* validity  # the addresses of the column's Arrow buffers (BinaryRowReader.bufs)
     int32_t* offsets
     char* data
     int64_t data_len
     int64_t data_cap
+    int64_t data_hint  # data bytes of the previous batch: the next one starts with that much room
     int64_t nulls
     int64_t zeros
 
@@ -95,17 +96,33 @@ cdef inline bint _valid_date(int64_t y, int64_t m, int64_t d) nogil:
     return d <= dim
 
 
+cdef enum:
+    VALIDITY = 0
+    OFFSETS = 1
+    DATA = 2
+
+
 cdef class BinaryRowReader(PacketReader):
-    """Accumulates binary-protocol rows; ``finish()`` hands out one Arrow array per column."""
+    """Accumulates binary-protocol rows; ``finish()`` hands out one Arrow array per column.
+
+    Values are written straight into buffers of Arrow's memory pool (``pa.allocate_buffer``), which
+    ``finish()`` gives to the arrays as they are: no copy at the end of a batch, and the pool (not
+    malloc, which maps and unmaps large blocks) recycles the memory of batches already consumed. A
+    batch starts with room for ``rows_hint`` rows and the previous batch's bytes per column, so the
+    buffers rarely grow mid-batch.
+    """
 
     cdef Column* cols
     cdef int ncols
     cdef int bitmap_len
     cdef int64_t row_cap
+    cdef int64_t rows_hint
     cdef list types     # Arrow type of each column's output array
+    cdef list bufs      # per column: [validity, offsets, data] ResizableBuffers (None: not yet)
 
-    def __cinit__(self, list specs):
-        """``specs``: one ``(wire, out, width, scale, arrow_type)`` per column."""
+    def __cinit__(self, list specs, int64_t rows_hint=0):
+        """``specs``: one ``(wire, out, width, scale, arrow_type)`` per column; ``rows_hint``: the rows
+        a batch usually holds (room is made for that many at once)."""
         cdef int i
         self.ncols = len(specs)
         if self.ncols <= 0:
@@ -122,19 +139,17 @@ cdef class BinaryRowReader(PacketReader):
             self.cols[i].scale = scale
             self.types.append(arrow_type)
         self.bitmap_len = (self.ncols + 7 + 2) // 8
-        self.row_cap = 0
+        self.rows_hint = max(rows_hint, 0)
+        self._release()
 
     def __dealloc__(self):
         if self.cols != NULL:
-            self._release()
             free(self.cols)
 
     cdef void _release(self):
+        """Forget the batch's buffers (handed to arrays, or dropped) and start an empty one."""
         cdef int i
         for i in range(self.ncols):
-            free(self.cols[i].validity)
-            free(self.cols[i].offsets)
-            free(self.cols[i].data)
             self.cols[i].validity = NULL
             self.cols[i].offsets = NULL
             self.cols[i].data = NULL
@@ -142,7 +157,19 @@ cdef class BinaryRowReader(PacketReader):
             self.cols[i].data_cap = 0
             self.cols[i].nulls = 0
             self.cols[i].zeros = 0
+        self.bufs = [[None, None, None] for i in range(self.ncols)]
         self.row_cap = 0
+
+    cdef char* _grow(self, int i, int which, int64_t size) except NULL:
+        """Resize buffer ``which`` of column ``i`` to ``size`` bytes (contents kept); its address."""
+        slots = <list> self.bufs[i]
+        buf = slots[which]
+        if buf is None:
+            buf = pa.allocate_buffer(max(size, 64), resizable=True)
+            slots[which] = buf
+        else:
+            buf.resize(size)
+        return <char*> <uintptr_t> buf.address
 
     @property
     def rows(self):
@@ -154,36 +181,29 @@ cdef class BinaryRowReader(PacketReader):
         cdef Column* c
         if wanted <= self.row_cap:
             return 0
-        cap = max(wanted, self.row_cap * 2, 1024)
+        cap = max(wanted, self.row_cap * 2, self.rows_hint, 1024)
         for i in range(self.ncols):
             c = &self.cols[i]
-            c.validity = <uint8_t*> realloc(c.validity, (cap + 7) // 8)
-            if c.validity == NULL:
-                raise MemoryError()
+            c.validity = <uint8_t*> self._grow(i, VALIDITY, (cap + 7) // 8)
             memset(c.validity + (self.row_cap + 7) // 8, 0, (cap + 7) // 8 - (self.row_cap + 7) // 8)
             if c.out == O_BYTES:
-                c.offsets = <int32_t*> realloc(c.offsets, (cap + 1) * sizeof(int32_t))
-                if c.offsets == NULL:
-                    raise MemoryError()
+                c.offsets = <int32_t*> self._grow(i, OFFSETS, (cap + 1) * sizeof(int32_t))
                 if self.row_cap == 0:
                     c.offsets[0] = 0
             else:
-                c.data = <char*> realloc(c.data, cap * c.width)
-                if c.data == NULL:
-                    raise MemoryError()
+                c.data = self._grow(i, DATA, cap * c.width)
                 c.data_cap = cap * c.width
         self.row_cap = cap
         return 0
 
-    cdef int _append(self, Column* c, const uint8_t* value, int64_t n) except -1:
+    cdef int _append(self, int i, const uint8_t* value, int64_t n) except -1:
         cdef int64_t cap
+        cdef Column* c = &self.cols[i]
         if c.data_len + n > MAX_COLUMN_BYTES:
             raise BinaryRowError("a column of this batch exceeds 2 GiB; read smaller batches")
         if c.data_len + n > c.data_cap:
-            cap = max(c.data_len + n, c.data_cap * 2, 65536)
-            c.data = <char*> realloc(c.data, cap)
-            if c.data == NULL:
-                raise MemoryError()
+            cap = max(c.data_len + n, c.data_cap * 2, c.data_hint + c.data_hint // 8, 65536)
+            c.data = self._grow(i, DATA, cap)
             c.data_cap = cap
         if n:
             memcpy(c.data + c.data_len, value, n)
@@ -238,7 +258,7 @@ cdef class BinaryRowReader(PacketReader):
                     raise BinaryRowError(f"row {row}: invalid length of column {i}")
                 if n > <uint64_t> (size - pos):
                     raise BinaryRowError(f"row {row}: value of column {i} runs past the end of the row")
-                self._append(c, p + pos, <int64_t> n)
+                self._append(i, p + pos, <int64_t> n)
                 pos += <Py_ssize_t> n
                 c.offsets[row + 1] = <int32_t> c.data_len
             elif c.wire <= W_INT8:
@@ -328,15 +348,22 @@ cdef class BinaryRowReader(PacketReader):
             if n == 0:
                 arrays.append(pa.array([], arrow_type))
                 continue
-            validity = None
+            validity, offsets, data = self.bufs[i]
             if c.nulls:
-                validity = pa.py_buffer(PyBytes_FromStringAndSize(<char*> c.validity, (n + 7) // 8))
+                validity.resize((n + 7) // 8)
+            else:
+                validity = None
             if c.out == O_BYTES:
-                offsets = pa.py_buffer(PyBytes_FromStringAndSize(<char*> c.offsets, (n + 1) * sizeof(int32_t)))
-                data = pa.py_buffer(PyBytes_FromStringAndSize(c.data, c.data_len) if c.data_len else b"")
+                offsets.resize((n + 1) * sizeof(int32_t))
+                if data is None:
+                    data = pa.py_buffer(b"")
+                else:
+                    data.resize(c.data_len)
+                c.data_hint = c.data_len
                 buffers = [validity, offsets, data]
             else:
-                buffers = [validity, pa.py_buffer(PyBytes_FromStringAndSize(c.data, n * c.width))]
+                data.resize(n * c.width)
+                buffers = [validity, data]
             arrays.append(pa.Array.from_buffers(arrow_type, n, buffers, null_count=c.nulls))
         self._release()
         self.rows = 0

@@ -312,7 +312,7 @@ class PreparedResult:
             return []
         conn = ready_socket(self._conn)
         if self._reader is None:
-            self._reader = BinaryRowReader(binary_specs(self.columns, layout))
+            self._reader = BinaryRowReader(binary_specs(self.columns, layout), max_rows)
         reader = self._reader
         try:
             status, seq, payload = reader.read_rows(conn._rfile, conn._next_seq_id, max_rows, max_bytes)
