@@ -11,6 +11,7 @@ engine:
   heartbeat_misses: 3       # a worker is dead after this many silent intervals
   spill_dir: null           # default: a temp directory per worker
   spill_compression: lz4    # lz4 (fastest) | zstd (smallest) | none
+  flight_compression: none  # do_get streams between workers: none (loopback, fast LAN) | lz4 | zstd
   shrink_batches: true      # hold batches dictionary-encoded / narrowed (same data out; see shrink.py)
   optimize: true            # push filters and column lists into MySQL reads (docs/optimizer.md)
 cluster:
@@ -46,6 +47,7 @@ class EngineConfig:
     heartbeat_misses: int = 3
     spill_dir: str | None = None
     spill_compression: str = "lz4"
+    flight_compression: str = "none"
     shrink_batches: bool = True
     optimize: bool = True  # the query optimizer (oml/optimize.py) between compile and plan
 
@@ -78,7 +80,7 @@ _POSITIVE = {
     "heartbeat_interval_s",
     "heartbeat_misses",
 }
-_CHOICES = {"spill_compression": ("zstd", "lz4", "none")}
+_CHOICES = {"spill_compression": ("zstd", "lz4", "none"), "flight_compression": ("none", "lz4", "zstd")}
 
 
 def _section(cls: type, data: Any, file: str, name: str) -> Any:

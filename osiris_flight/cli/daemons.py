@@ -77,6 +77,7 @@ def coordinator_main(
         or engine.memory_limit_bytes // max(1, spawn_workers or engine.workers),
         spill_dir=spill_dir or engine.spill_dir,
         spill_compression=engine.spill_compression,
+        flight_compression=engine.flight_compression,
         shrink_batches=engine.shrink_batches,
         parent_pid=parent_pid,
     )
@@ -97,6 +98,12 @@ def coordinator_main(
 @click.option("--memory-limit-bytes", type=int, default=None, help="batch-store budget before spilling")
 @click.option("--spill-dir", default=None)
 @click.option("--spill-compression", default=None, type=click.Choice(["zstd", "lz4", "none"]))
+@click.option(
+    "--flight-compression",
+    default=None,
+    type=click.Choice(["none", "lz4", "zstd"]),
+    help="compression of the streams this worker serves to others",
+)
 @click.option("--bind-host", default="127.0.0.1", show_default=True, help="interface for the Flight server")
 @click.option(
     "--advertise-host", default=None, help="host name peers use to reach this worker's Flight server"
@@ -115,6 +122,7 @@ def worker_main(
     memory_limit_bytes: int | None,
     spill_dir: str | None,
     spill_compression: str | None,
+    flight_compression: str | None,
     bind_host: str,
     advertise_host: str | None,
     heartbeat_interval: float | None,
@@ -143,6 +151,7 @@ def worker_main(
         memory_limit_bytes=memory_limit_bytes or engine.memory_limit_bytes,
         spill_dir=spill_dir or engine.spill_dir,
         spill_compression=spill_compression or engine.spill_compression,
+        flight_compression=flight_compression or engine.flight_compression,
         bind_host=bind_host,
         advertise_host=advertise_host,
         heartbeat_interval_s=heartbeat_interval or engine.heartbeat_interval_s,

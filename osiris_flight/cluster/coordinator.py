@@ -44,6 +44,7 @@ class CoordinatorOptions:
     worker_memory_limit_bytes: int = 256 * 1024 * 1024
     spill_dir: str | None = None
     spill_compression: str = "lz4"
+    flight_compression: str = "none"
     shrink_batches: bool = True
     parent_pid: int | None = None
     max_respawns: int = 16
@@ -181,6 +182,8 @@ class Coordinator:
             str(o.heartbeat_interval_s),
             "--spill-compression",
             o.spill_compression,
+            "--flight-compression",
+            o.flight_compression,
             "--shrink-batches" if o.shrink_batches else "--no-shrink-batches",
             "--parent-pid",
             str(os.getpid()),

@@ -56,6 +56,7 @@ class WorkerOptions:
     memory_limit_bytes: int = 256 * 1024 * 1024
     spill_dir: str | None = None
     spill_compression: str = "lz4"
+    flight_compression: str = "none"  # of the streams it serves (data/flight_io.py: when it pays)
     shrink_batches: bool = True
     bind_host: str = "127.0.0.1"
     advertise_host: str | None = None
@@ -81,7 +82,9 @@ class Worker:
             shrink=options.shrink_batches,
             on_spill=self._on_spill,
         )
-        self.flight = FlightDataServer(self.store, f"grpc://{options.bind_host}:0")
+        self.flight = FlightDataServer(
+            self.store, f"grpc://{options.bind_host}:0", compression=options.flight_compression
+        )
         self.clients = FlightClientPool()
         self.registry = build_registry()
         self.tasks: dict[tuple[str, str, int], TaskRun] = {}

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 # 1.0-1.7 GB/s (24-40 M rows/s), lz4 0.8-1.2 GB/s, zstd 0.5-0.9 GB/s; from zstd spill files, none
 # 0.7-1.1 GB/s, lz4 0.7-0.8 GB/s. When the link runs at memory speed, compressing costs more CPU than
 # it saves, so the default is none. Across a real network (1 Gbit/s = 0.125 GB/s) lz4 should win:
-# pass ``compression="lz4"`` to the server there.
+# ``engine.flight_compression: lz4`` in osiris.yaml (``--flight-compression`` of a worker) sets it.
 WIRE_COMPRESSION: str | None = None
 
 # Receive window of a do_get stream. gRPC by default grows a stream's HTTP/2 flow-control window by

@@ -108,6 +108,10 @@ def test_missing_pipeline_file_and_bad_config_file(tmp_path: Path) -> None:
     result = osiris(["run", "p.yaml"], tmp_path)
     assert result.code == 2 and "engine.memory_limit_mb" in result.stderr
     assert "Traceback" not in result.stderr
+    (tmp_path / "osiris.yaml").write_text("engine:\n  flight_compression: gzip\n")
+    result = osiris(["run", "p.yaml"], tmp_path)
+    assert result.code == 2 and "engine.flight_compression" in result.stderr
+    assert "none, lz4, zstd" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_resume_of_unknown_run(tmp_path: Path) -> None:

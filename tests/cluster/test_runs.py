@@ -390,3 +390,19 @@ def test_shrunk_batches_change_what_is_held_but_not_a_single_output_byte(workdir
     assert held["true"]["bytes_logical"] == held["false"]["bytes_logical"]
     assert held["true"]["bytes_held"] < 0.7 * held["true"]["bytes_logical"]
     assert held["false"]["bytes_held"] == held["false"]["bytes_logical"]
+
+
+def test_compressed_flight_streams_give_the_same_output_bytes(workdir: Path) -> None:
+    # One slot per worker: the extract holds one worker's slot, so at least one writer runs on the
+    # other worker and reads the extract's output over Flight.
+    write_events_csv(workdir / "events.csv", 100_000)
+    (workdir / "pipeline.yaml").write_text(FAN_OUT)
+    outputs = {}
+    for codec in ("none", "lz4", "zstd"):
+        (workdir / "osiris.yaml").write_text(
+            f"engine:\n  flight_compression: {codec}\n  slots_per_worker: 1\n  workers: 2\n"
+        )
+        result = osiris(["run", "pipeline.yaml", "--json"], workdir)
+        assert result.code == 0, result.stderr
+        outputs[codec] = ((workdir / "out/a.csv").read_bytes(), (workdir / "out/b.parquet").read_bytes())
+    assert outputs["lz4"] == outputs["none"] == outputs["zstd"]
