@@ -6,19 +6,30 @@ leave a mix of two attempts. Instead every writer writes ``.<name>.tmp-<run>-<ta
 the target's own directory (same filesystem, so the rename is atomic), fsyncs it, and
 ``os.replace``-s it onto the target, then fsyncs the directory so the rename survives a crash. On
 any error the temp file is removed and the target is exactly as it was.
+
+An *append* (a new file holding the old rows and the new ones) is atomic the same way, but not
+idempotent by itself: if the worker dies after the rename and before the coordinator hears that the
+task finished, the task runs again and would append its rows twice. So just before the rename the
+writer records the commit in ``.<name>.osiris-append.json``: run, task, rows, and the identity of
+the file about to become the target (inode, size, modification time; a rename keeps all three). An
+attempt of the same run and task that finds that record *and* the target still being that very file
+knows its rows are in, and reports the recorded result instead of appending again
+(``already_appended``). A crash before the rename leaves a record naming a file that never became
+the target, which matches nothing. A new run (another run id) appends as it should.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pyarrow as pa
 
-from osiris_flight.components.base import StepContext
+from osiris_flight.components.base import StepContext, WriteResult
 from osiris_flight.errors import TerminalError
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
@@ -127,12 +138,55 @@ def io_errors(ctx: StepContext, what: str) -> Iterator[None]:
         raise TerminalError(f"step '{ctx.step_id}': {what}: {exc}") from None
 
 
+def append_record_path(target: Path) -> Path:
+    return target.with_name(f".{target.name}.osiris-append.json")
+
+
+def _identity(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_ino, st.st_size, st.st_mtime_ns]
+
+
+def already_appended(ctx: StepContext, target: Path) -> WriteResult | None:
+    """The result of this run's and task's append when an earlier attempt committed it (see above)."""
+    try:
+        record = json.loads(append_record_path(target).read_text(encoding="utf-8"))
+        if (record["run_id"], record["task_id"]) != (ctx.run_id, ctx.task_id):
+            return None
+        if record["file"] != _identity(target):
+            return None
+        return WriteResult(rows=int(record["rows"]), bytes=target.stat().st_size, target=str(target))
+    except (OSError, ValueError, KeyError, TypeError):  # no record, or not ours, or unreadable
+        return None
+
+
+def record_append(ctx: StepContext, target: Path, temp: Path, rows: int) -> None:
+    """Write the append record for ``temp``, about to replace ``target`` (atomically, durably)."""
+    record = {
+        "run_id": ctx.run_id,
+        "task_id": ctx.task_id,
+        "attempt": ctx.attempt,
+        "rows": rows,
+        "file": _identity(temp),
+    }
+    path = append_record_path(target)
+    scratch = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    with scratch.open("w", encoding="utf-8") as out:
+        json.dump(record, out)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(scratch, path)
+
+
 @contextlib.contextmanager
-def atomic_target(ctx: StepContext, target: Path) -> Iterator[Path]:
+def atomic_target(
+    ctx: StepContext, target: Path, before_commit: Callable[[Path], None] | None = None
+) -> Iterator[Path]:
     """Yield a temp path to write; on success fsync it and atomically replace ``target`` with it.
 
     The caller must have closed every handle on the temp file when its ``with`` body ends. Any
     exception (including KeyboardInterrupt or a cancellation) removes the temp file and propagates.
+    ``before_commit(temp)`` runs after the temp file is durable and right before the rename.
     """
     _remove_stale_temps(target, ctx)
     temp = temp_path(target, ctx)
@@ -140,6 +194,8 @@ def atomic_target(ctx: StepContext, target: Path) -> Iterator[Path]:
         yield temp
         with io_errors(ctx, f"cannot commit {target}"):
             _fsync_path(temp)
+            if before_commit is not None:
+                before_commit(temp)
             os.replace(temp, target)
     except BaseException:
         with contextlib.suppress(OSError):

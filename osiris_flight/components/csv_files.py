@@ -4,7 +4,8 @@ The extractor streams with pyarrow's incremental CSV reader, single-threaded, on
 so memory stays about one block (``block_size`` bytes, sized from a sample of the file to hold
 ~``ctx.batch_rows`` rows) plus one output batch, whatever the file size. The writer streams each
 batch through pyarrow's CSVWriter into a temp file and commits it with an atomic rename (see
-``_files``); ``append`` copies the existing file into the temp first, so an append is atomic too.
+``_files``); ``append`` copies the existing file into the temp first, so an append is atomic too,
+and records the commit so that a retry of a task that died after appending does not append twice.
 
 Both read and write SQL-style NULLs: the writer writes a null as an empty unquoted field and quotes
 every string, and the extractor (by default) reads an empty unquoted field as null but ``""`` as the
@@ -391,10 +392,17 @@ class CsvWriter(Sink):
                 "drop them before this step or write Parquet instead"
             )
         encoding = codec_name(str(cfg.get("encoding", "utf-8"))) or "utf-8"
-        append = cfg.get("write_mode", "overwrite") == "append" and target.is_file()
+        append_mode = cfg.get("write_mode", "overwrite") == "append"
+        append = append_mode and target.is_file()
+        if append and (done := _files.already_appended(self.ctx, target)) is not None:
+            return done  # an earlier attempt of this task appended, then died before reporting
         what = f"cannot write CSV file {target}"
         rows = 0
-        with _files.atomic_target(self.ctx, target) as temp:
+
+        def record(temp: Path) -> None:  # also for the first append, which creates the file
+            _files.record_append(self.ctx, target, temp, rows)
+
+        with _files.atomic_target(self.ctx, target, before_commit=record if append_mode else None) as temp:
             with _files.io_errors(self.ctx, what):
                 if append:
                     shutil.copyfile(target, temp)

@@ -14,15 +14,22 @@ from osiris_flight.data.rowstream import RowStream
 
 
 def make_ctx(
-    tmp_path: Path, config: Mapping[str, Any], *, step_id: str = "step1", batch_rows: int = 1000, **extra: Any
+    tmp_path: Path,
+    config: Mapping[str, Any],
+    *,
+    step_id: str = "step1",
+    batch_rows: int = 1000,
+    run_id: str = "run42",
+    task_id: str = "stage1.p0",
+    **extra: Any,
 ) -> StepContext:
     """A StepContext the way the task runner builds one, with scratch dirs under ``tmp_path``."""
     return StepContext(
         step_id=step_id,
         component="test",
         config=config,
-        run_id="run42",
-        task_id="stage1.p0",
+        run_id=run_id,
+        task_id=task_id,
         work_dir=tmp_path / "work",
         output_dir=tmp_path / "out",
         batch_rows=batch_rows,

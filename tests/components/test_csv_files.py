@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import os
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pytest
@@ -12,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from osiris_flight.components import csv_files
+from osiris_flight.components._files import record_append
 from osiris_flight.components.base import Cancelled
 from osiris_flight.components.csv_files import CsvExtractor, CsvWriter
 from osiris_flight.errors import TerminalError
@@ -22,8 +25,13 @@ def read(tmp_path: Path, config: dict, batch_rows: int = 1000) -> pa.Table:
     return collect(CsvExtractor(make_ctx(tmp_path, config, step_id="read_csv", batch_rows=batch_rows)).open())
 
 
-def write(tmp_path: Path, config: dict, table: pa.Table, rows_per_batch: int = 1000):
-    ctx = make_ctx(tmp_path, config, step_id="write_csv")
+_runs = itertools.count(1)
+
+
+def write(tmp_path: Path, config: dict, table: pa.Table, rows_per_batch: int = 1000, **ctx_fields: Any):
+    """Each call is a new run (a run id of its own) unless ``run_id`` says otherwise."""
+    ctx_fields.setdefault("run_id", f"run{next(_runs)}")
+    ctx = make_ctx(tmp_path, config, step_id="write_csv", **ctx_fields)
     return CsvWriter(ctx).write(stream_of(table, rows_per_batch))
 
 
@@ -223,6 +231,39 @@ def test_append_adds_rows_without_second_header(tmp_path: Path) -> None:
     result = write(tmp_path, {"path": str(target), "write_mode": "append"}, pa.table({"a": [2], "b": ["y"]}))
     assert target.read_text() == '"a","b"\n1,"x"\n2,"y"\n'
     assert result.rows == 1
+
+
+def test_a_retried_append_of_the_same_task_does_not_append_twice(tmp_path: Path) -> None:
+    # Attempt 1 committed its append, then its worker died before reporting: attempt 2 of the same
+    # run and task must report that append, not make another one.
+    target = tmp_path / "t.csv"
+    write(tmp_path, {"path": str(target)}, pa.table({"a": [1], "b": ["x"]}))
+    config = {"path": str(target), "write_mode": "append"}
+    first = write(tmp_path, config, pa.table({"a": [2, 3], "b": ["y", "z"]}), run_id="r7", attempt=1)
+    again = write(tmp_path, config, pa.table({"a": [2, 3], "b": ["y", "z"]}), run_id="r7", attempt=2)
+    assert target.read_text() == '"a","b"\n1,"x"\n2,"y"\n3,"z"\n'
+    assert again.rows == first.rows == 2
+    # Another run appends as asked.
+    write(tmp_path, config, pa.table({"a": [4], "b": ["w"]}), run_id="r8")
+    assert target.read_text().endswith('3,"z"\n4,"w"\n')
+    assert leftovers(tmp_path) == []
+
+
+def test_an_append_record_without_its_commit_does_not_stop_the_retry(tmp_path: Path) -> None:
+    # Attempt 1 recorded its append and died before the rename: the target is the old file, so
+    # attempt 2 appends. Also when the record names the target's file but another task wrote it.
+    target = tmp_path / "t.csv"
+    write(tmp_path, {"path": str(target)}, pa.table({"a": [1], "b": ["x"]}))
+    config = {"path": str(target), "write_mode": "append"}
+    stale = tmp_path / ".t.csv.tmp-r7-stage1.p0-1"
+    stale.write_text('"a","b"\n1,"x"\n2,"y"\n')
+    ctx = make_ctx(tmp_path, config, run_id="r7", attempt=1)
+    record_append(ctx, target, stale, rows=1)
+    write(tmp_path, config, pa.table({"a": [2], "b": ["y"]}), run_id="r7", attempt=2)
+    assert target.read_text() == '"a","b"\n1,"x"\n2,"y"\n'
+    assert not stale.exists()  # an earlier attempt's temp file is removed
+    write(tmp_path, config, pa.table({"a": [3], "b": ["z"]}), run_id="r7", task_id="stage1.p1")
+    assert target.read_text().endswith('2,"y"\n3,"z"\n')
 
 
 def test_append_to_file_without_trailing_newline_and_plain_header(tmp_path: Path) -> None:
