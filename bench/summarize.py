@@ -181,7 +181,8 @@ def main() -> None:
             rows.append(
                 [
                     f"[memory](memory.md): {shape} flat, under budget + fixed overhead",
-                    f"{largest}: 2nd half peaks {flat['halves_growth_mb']:+,.0f} MiB vs 1st (median run); "
+                    f"{largest}: 2nd half peaks {flat['halves_growth_mb']:+,.0f} MiB vs 1st "
+                    "(median over runs); "
                     f"{flat['growth_mb']:+,.0f} MiB from {mem['sizes'][0]} to {largest}",
                     "-",
                     f"overhead {flat['overhead_mb']:,.0f} MiB",
