@@ -1,1 +1,2 @@
-"""Running one task: a fused chain of operators over RowStreams, in one worker process."""
+"""Running tasks in a worker process: a fused chain of operators over RowStreams (task_runner), and
+the allocator settings the process starts with (allocator)."""
