@@ -298,31 +298,31 @@ def markdown(results: dict[str, Any]) -> str:
         "\nGoal: flat, under the budget plus a fixed overhead (the verdict: within the largest run; "
         "then peak - idle between sizes):\n"
     )
+    sizes = results["sizes"]
+    three_or_more = len(sizes) > 2  # else the growth from the smallest is the growth from the next
     frows = []
     for shape, flat in results["flatness"].items():
+        growth = [f"{flat['growth_mb']:+,.0f}"]
+        if three_or_more:
+            growth.append(f"{flat['last_growth_mb']:+,.0f}")
         frows.append(
             [
                 shape,
                 f"{flat['halves_growth_mb']:+,.0f}",
-                f"{flat['growth_mb']:+,.0f}",
-                f"{flat['last_growth_mb']:+,.0f}",
+                *growth,
                 f"{flat['overhead_mb']:,.0f}",
                 "met (flat)" if flat["flat"] else "**goal missed: grows with data size**",
             ]
         )
-    lines.append(
-        md_table(
-            [
-                "pipeline",
-                f"{results['sizes'][-1]}: second half - first half MiB (median of runs)",
-                f"{results['sizes'][0]} -> {results['sizes'][-1]} MiB",
-                f"{results['sizes'][-2]} -> {results['sizes'][-1]} MiB",
-                "overhead MiB (largest)",
-                "verdict",
-            ],
-            frows,
-        )
-    )
+    headers = [
+        "pipeline",
+        f"{sizes[-1]}: second half - first half MiB (median of runs)",
+        f"{sizes[0]} -> {sizes[-1]} MiB",
+        *([f"{sizes[-2]} -> {sizes[-1]} MiB"] if three_or_more else []),
+        "overhead MiB (largest)",
+        "verdict",
+    ]
+    lines.append(md_table(headers, frows))
     lines.append("\nRSS by process at each run's peak (MiB):\n")
     prow = []
     for shape, sizes in results["runs"].items():
@@ -331,7 +331,7 @@ def markdown(results: dict[str, Any]) -> str:
                 [shape, size, ", ".join(f"{k} {v:,.0f}" for k, v in sorted(r["peak_by_process_mb"].items()))]
             )
     lines.append(md_table(["pipeline", "size", "per process"], prow))
-    lines.append("\n![rss](memory.png)\n")
+    lines.append(f"\n![rss]({results['name']}.png)\n")
     return "\n".join(lines)
 
 
@@ -340,6 +340,9 @@ def main() -> None:
     parser.add_argument("--budget-mb", type=int, default=64)
     parser.add_argument("--factors", type=int, nargs="+", default=[5, 20, 40])
     parser.add_argument("--repeats", type=int, default=3, help="runs per size; the median peak is reported")
+    parser.add_argument(
+        "--name", default="memory", help="results file name in bench/results/ (another budget: another name)"
+    )
     parser.add_argument(
         "--what-if-env",
         nargs="*",
@@ -362,6 +365,7 @@ def main() -> None:
     results: dict[str, Any] = {
         "machine": machine(),
         "budget_mb": args.budget_mb,
+        "name": args.name,
         "sizes": [f"{f}x" for f in args.factors],
         "repeats": args.repeats,
         "runs": {},
@@ -422,13 +426,13 @@ def main() -> None:
                 flush=True,
             )
             shutil.rmtree(work / "out" / f"{shape}_{size}", ignore_errors=True)
-    plot(results, RESULTS / "memory.png")
+    plot(results, RESULTS / f"{args.name}.png")
     slim = json.loads(json.dumps(results))
     for group in ("runs", "what_if"):
         for sizes in slim.get(group, {}).values():
             for r in sizes.values():
                 r.pop("timeline")
-    write_results("memory", slim, markdown(results))
+    write_results(args.name, slim, markdown(results))
     print(markdown(results))
 
 
