@@ -14,7 +14,7 @@ cannot be appended to in place, so ``write_mode: append`` is rejected when the p
 Dictionary pages are capped at ``DICTIONARY_PAGE_BYTES``: Parquet dictionary-encodes every column
 until its dictionary outgrows that cap, and the hash table behind a dictionary is several times its
 size, so with pyarrow's 1 MiB default a row group of unique ids, amounts and timestamps held ~30 MiB
-of hash tables in a 8 MiB row group, more than the batches themselves. Low-cardinality columns (the
+of hash tables in an 8 MiB row group, more than the batches themselves. Low-cardinality columns (the
 ones dictionaries are for) stay far below 256 KiB; the others fall back to plain encoding sooner. On
 the benchmark's events data the file came out 2% smaller (bench/bench_memory.py measures memory).
 """

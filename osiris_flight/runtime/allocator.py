@@ -17,7 +17,7 @@ store stayed within its budget; measured with bench/bench_memory.py):
   (up to 32 MiB), after which batch-sized blocks come from its heaps and stay there, fragmented, when
   freed. A fixed threshold (``M_MMAP_THRESHOLD``; setting it turns the adjustment off) keeps them mmapped.
 
-``tune()`` applies both and says what it applied; on other platforms it changes nothing.
+``tune()`` applies both and says what it applied (the glibc setting only on Linux with glibc).
 """
 
 from __future__ import annotations
