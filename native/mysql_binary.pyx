@@ -328,12 +328,6 @@ cdef class BinaryRowReader(PacketReader):
         self.rows = row + 1
         return 0
 
-    def add_packets(self, packets):
-        """Add row payloads (``bytes``), for tests."""
-        cdef bytes data
-        for data in packets:
-            self._add_row(<const uint8_t*> PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
-
     def finish(self):
         """``(arrays, zeros)``: the columns so far and the zero dates per column; then a reset."""
         cdef int i

@@ -153,12 +153,6 @@ cdef class ColumnSplitter(PacketReader):
         self.rows = row + 1
         return 0
 
-    def add_packets(self, packets):
-        """Add row payloads (``bytes``), as ``split_values`` takes them."""
-        cdef bytes data
-        for data in packets:
-            self._add_row(<const uint8_t*> PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
-
     def finish(self):
         """The columns so far as ``pa.binary()`` arrays (nulls where NULL); the splitter is reset."""
         cdef int i

@@ -28,6 +28,12 @@ cdef class PacketReader:
     cdef int _add_row(self, const uint8_t* p, Py_ssize_t size) except -1:
         raise TypeError(f"{type(self).__name__} must define what a row payload becomes")
 
+    def add_packets(self, packets):
+        """Add row payloads (``bytes``, without their packet headers) as if read from a socket."""
+        cdef bytes data
+        for data in packets:
+            self._add_row(<const uint8_t*> PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
+
     cdef int _need(self, object read1, Py_ssize_t k) except -1:
         """Make ``k`` unparsed bytes available in ``self.buf[self.pos:]``."""
         cdef Py_ssize_t have = PyBytes_GET_SIZE(self.buf) - self.pos
