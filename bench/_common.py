@@ -35,6 +35,11 @@ from osiris_flight.runs.rundir import new_run_id
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 RESULTS = BENCH / "results"
+# The MariaDB the MySQL benchmarks use (the tests' settings: OSIRIS_TEST_MYSQL_*).
+MYSQL_HOST = os.environ.get("OSIRIS_TEST_MYSQL_HOST", "127.0.0.1")
+MYSQL_PORT = int(os.environ.get("OSIRIS_TEST_MYSQL_PORT", "3306"))
+MYSQL_USER = os.environ.get("OSIRIS_TEST_MYSQL_USER", "root")
+MYSQL_PASSWORD = os.environ.get("OSIRIS_TEST_MYSQL_PASSWORD", "")
 DATA = BENCH / ".data"
 WORK = DATA / "work"
 

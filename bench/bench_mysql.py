@@ -47,6 +47,10 @@ from typing import Any, Literal
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (
+    MYSQL_HOST,
+    MYSQL_PASSWORD,
+    MYSQL_PORT,
+    MYSQL_USER,
     RESULTS,
     WORK,
     RssSampler,
@@ -62,10 +66,6 @@ from _common import (
 
 from osiris_flight.runtime import allocator
 
-HOST = os.environ.get("OSIRIS_TEST_MYSQL_HOST", "127.0.0.1")
-PORT = int(os.environ.get("OSIRIS_TEST_MYSQL_PORT", "3306"))
-USER = os.environ.get("OSIRIS_TEST_MYSQL_USER", "root")
-PASSWORD = os.environ.get("OSIRIS_TEST_MYSQL_PASSWORD", "")
 DATABASE = "osiris_bench"
 TABLE_VERSION = 1
 BATCH_ROWS = 65536
@@ -86,10 +86,10 @@ def table_name(rows: int) -> str:
 
 def conn_kwargs(database: str | None = DATABASE) -> dict[str, Any]:
     kw: dict[str, Any] = {
-        "host": HOST,
-        "port": PORT,
-        "user": USER,
-        "password": PASSWORD,
+        "host": MYSQL_HOST,
+        "port": MYSQL_PORT,
+        "user": MYSQL_USER,
+        "password": MYSQL_PASSWORD,
         "charset": "utf8mb4",
     }
     if database:
@@ -99,12 +99,18 @@ def conn_kwargs(database: str | None = DATABASE) -> dict[str, Any]:
 
 def connection_fields() -> dict[str, Any]:
     """The resolved ``@mysql.bench`` connection, as osiris_connections.yaml gives it to operators."""
-    return {"host": HOST, "port": PORT, "database": DATABASE, "user": USER, "password": PASSWORD}
+    return {
+        "host": MYSQL_HOST,
+        "port": MYSQL_PORT,
+        "database": DATABASE,
+        "user": MYSQL_USER,
+        "password": MYSQL_PASSWORD,
+    }
 
 
 def cx_url() -> str:
-    auth = USER + (f":{PASSWORD}" if PASSWORD else "")
-    return f"mysql://{auth}@{HOST}:{PORT}/{DATABASE}"
+    auth = MYSQL_USER + (f":{MYSQL_PASSWORD}" if MYSQL_PASSWORD else "")
+    return f"mysql://{auth}@{MYSQL_HOST}:{MYSQL_PORT}/{DATABASE}"
 
 
 # -- setup ---------------------------------------------------------------------------------------------
@@ -495,8 +501,8 @@ steps:
 def connections_yaml() -> str:
     return (
         "version: 1\nconnections:\n  mysql:\n    bench:\n"
-        f"      host: {HOST}\n      port: {PORT}\n      database: {DATABASE}\n"
-        f'      user: {USER}\n      password: "{PASSWORD}"\n'
+        f"      host: {MYSQL_HOST}\n      port: {MYSQL_PORT}\n      database: {DATABASE}\n"
+        f'      user: {MYSQL_USER}\n      password: "{MYSQL_PASSWORD}"\n'
     )
 
 

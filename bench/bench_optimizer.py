@@ -30,6 +30,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (
+    MYSQL_HOST,
+    MYSQL_PASSWORD,
+    MYSQL_PORT,
+    MYSQL_USER,
     RESULTS,
     WORK,
     Compiled,
@@ -43,10 +47,6 @@ from _common import (
     write_results,
 )
 
-HOST = os.environ.get("OSIRIS_TEST_MYSQL_HOST", "127.0.0.1")
-PORT = int(os.environ.get("OSIRIS_TEST_MYSQL_PORT", "3306"))
-USER = os.environ.get("OSIRIS_TEST_MYSQL_USER", "root")
-PASSWORD = os.environ.get("OSIRIS_TEST_MYSQL_PASSWORD", "")
 DATABASE = "osiris_bench_opt"
 TABLE_VERSION = 1
 BATCH_ROWS = 65536
@@ -59,7 +59,12 @@ GOAL_LESS_TIME = 0.30  # at least 30% less time with the optimizer on
 def connect(database: str | None = DATABASE) -> Any:
     import pymysql
 
-    kwargs: dict[str, Any] = {"host": HOST, "port": PORT, "user": USER, "password": PASSWORD}
+    kwargs: dict[str, Any] = {
+        "host": MYSQL_HOST,
+        "port": MYSQL_PORT,
+        "user": MYSQL_USER,
+        "password": MYSQL_PASSWORD,
+    }
     if database:
         kwargs["database"] = database
     return pymysql.connect(charset="utf8mb4", autocommit=True, **kwargs)
@@ -366,8 +371,8 @@ def main() -> None:
     connections = work / "osiris_connections.yaml"
     connections.write_text(
         "version: 1\nconnections:\n  mysql:\n    bench:\n"
-        f"      host: {HOST}\n      port: {PORT}\n      database: {DATABASE}\n"
-        f'      user: {USER}\n      password: "{PASSWORD}"\n',
+        f"      host: {MYSQL_HOST}\n      port: {MYSQL_PORT}\n      database: {DATABASE}\n"
+        f'      user: {MYSQL_USER}\n      password: "{MYSQL_PASSWORD}"\n',
         encoding="utf-8",
     )
     os.environ["OSIRIS_CONNECTIONS_FILE"] = str(connections)  # read by submit's resolve_connections
