@@ -48,8 +48,10 @@ class Flaky(Transform):
     def apply(self, inputs: Mapping[str, RowStream]) -> RowStream:
         (stream,) = inputs.values()
         if self.config.get("terminal"):
+            # A server that echoes the credential it refused, as some do.
+            echoed = f" (token {self.config['api_token']} refused)" if "api_token" in self.config else ""
             raise TerminalError(
-                f"step '{self.ctx.step_id}': {self.config.get('message', 'terminal failure')}"
+                f"step '{self.ctx.step_id}': {self.config.get('message', 'terminal failure')}{echoed}"
             )
         if self.ctx.attempt < int(self.config.get("succeed_on_attempt", 1)):
             raise TransientError(
@@ -84,6 +86,7 @@ COMPONENTS = [
                 "succeed_on_attempt": {"type": "integer"},
                 "terminal": {"type": "boolean"},
                 "message": {"type": "string"},
+                "api_token": {"type": "string"},
             },
         },
         min_inputs=1,

@@ -39,7 +39,7 @@ from osiris_flight.oml.connections import (
 )
 from osiris_flight.oml.interpolate import env_names, substitute
 from osiris_flight.oml.schema_errors import valid_choices_hint
-from osiris_flight.oml.secrets import REDACTED, redact
+from osiris_flight.redaction import REDACTED, redact
 
 DEFAULT_TIMEOUT_S = 5.0
 # In a connection (unlike a step config, where ``key`` names a column) these hold credentials too:

@@ -42,9 +42,11 @@ def _config(path: str | None) -> Config:
 @click.command("osiris-coordinator")
 @click.option("--config", "config_path", type=click.Path(), help="osiris.yaml with engine defaults")
 @click.option("--bind", default=None, help="ZeroMQ address to listen on, e.g. tcp://0.0.0.0:5555")
-@click.option("--spawn-workers", type=int, default=0, help="start and own this many local workers")
-@click.option("--worker-slots", type=int, default=None)
-@click.option("--worker-memory-limit-bytes", type=int, default=None)
+@click.option(
+    "--spawn-workers", type=click.IntRange(min=0), default=0, help="start and own this many local workers"
+)
+@click.option("--worker-slots", type=click.IntRange(min=1), default=None)
+@click.option("--worker-memory-limit-bytes", type=click.IntRange(min=1), default=None)
 @click.option("--spill-dir", default=None)
 @click.option("--parent-pid", type=int, default=None, hidden=True)
 @click.option("--announce", is_flag=True, hidden=True, help="print READY <address> on stdout once bound")
@@ -94,8 +96,13 @@ def coordinator_main(
 @click.option("--config", "config_path", type=click.Path(), help="osiris.yaml with engine defaults")
 @click.option("--coordinator", default=None, help="coordinator address, e.g. tcp://10.0.0.5:5555")
 @click.option("--worker-id", default="", help="default: <host>-<pid>-<random>")
-@click.option("--slots", type=int, default=None, help="tasks run at once")
-@click.option("--memory-limit-bytes", type=int, default=None, help="batch-store budget before spilling")
+@click.option("--slots", type=click.IntRange(min=1), default=None, help="tasks run at once")
+@click.option(
+    "--memory-limit-bytes",
+    type=click.IntRange(min=1),
+    default=None,
+    help="batch-store budget before spilling",
+)
 @click.option("--spill-dir", default=None)
 @click.option("--spill-compression", default=None, type=click.Choice(["zstd", "lz4", "none"]))
 @click.option(
@@ -108,7 +115,7 @@ def coordinator_main(
 @click.option(
     "--advertise-host", default=None, help="host name peers use to reach this worker's Flight server"
 )
-@click.option("--heartbeat-interval", type=float, default=None)
+@click.option("--heartbeat-interval", type=click.FloatRange(min=0, min_open=True), default=None)
 @click.option(
     "--shrink-batches/--no-shrink-batches", default=None, help="hold batches in their smallest lossless form"
 )

@@ -168,7 +168,10 @@ def compile_cmd(
         _fail(exc, as_json)
     text = manifest.to_json()
     if out:
-        Path(out).write_text(text, encoding="utf-8")
+        try:
+            Path(out).write_text(text, encoding="utf-8")
+        except OSError as exc:
+            _fail(InvalidInput(Problem(f"cannot write the manifest: {exc.strerror}", file=out)), as_json)
         click.echo(
             json.dumps({"ok": True, "manifest": out, "fingerprint": manifest.fingerprint()})
             if as_json
@@ -233,8 +236,12 @@ def plan(
 @click.option(
     "--cluster", default=None, help="coordinator address (default: start an embedded local cluster)"
 )
-@click.option("--workers", type=int, default=None, help="local workers (default: one per CPU)")
-@click.option("--memory-limit-mb", type=int, default=None, help="batch-store budget before spilling")
+@click.option(
+    "--workers", type=click.IntRange(min=1), default=None, help="local workers (default: one per CPU)"
+)
+@click.option(
+    "--memory-limit-mb", type=click.IntRange(min=1), default=None, help="batch-store budget before spilling"
+)
 @click.option(
     "--run-logs", default=None, type=click.Path(), help="root of run directories (default: run_logs)"
 )
@@ -260,6 +267,31 @@ def run(
 
     if pipeline is None and resume_id is None:
         _fail(InvalidInput(Problem("give a pipeline file, or --resume RUN_ID")), as_json)
+    if resume_id is not None:
+        # A resumed run runs its stored manifest: anything that would change it is refused rather
+        # than silently ignored.
+        ignored = [
+            name
+            for name, given in (
+                ("PIPELINE", pipeline),
+                ("--param", params),
+                ("--profile", profile),
+                ("--no-optimize", no_optimize),
+            )
+            if given
+        ]
+        if ignored:
+            _fail(
+                InvalidInput(
+                    Problem(
+                        "--resume runs the manifest stored with the run; "
+                        f"it does not take {', '.join(ignored)}",
+                        field="--resume",
+                        hint=f"osiris-flight run --resume {resume_id}, or start a new run of the pipeline",
+                    )
+                ),
+                as_json,
+            )
     try:
         config = with_overrides(
             load_config(config_path),
@@ -312,7 +344,7 @@ def _run_logs(run_logs: str | None, config_path: str | None, as_json: bool) -> P
     "--run-logs", default=None, type=click.Path(), help="default: osiris.yaml run_logs, or run_logs"
 )
 @click.option("--config", "config_path", type=click.Path(), default=None)
-@click.option("--limit", type=int, default=20, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 def runs(run_logs: str | None, config_path: str | None, limit: int, as_json: bool) -> None:
     """List recent runs, newest first."""
@@ -347,10 +379,10 @@ def runs(run_logs: str | None, config_path: str | None, limit: int, as_json: boo
     "--run-logs", default=None, type=click.Path(), help="default: osiris.yaml run_logs, or run_logs"
 )
 @click.option("--config", "config_path", type=click.Path(), default=None)
-@click.option("--json", "as_json", is_flag=True, help="raw events.jsonl lines")
+@click.option("--json", "as_json", is_flag=True, help="the events as JSON lines")
 def logs(run_id: str, run_logs: str | None, config_path: str | None, as_json: bool) -> None:
     """Show a run's events."""
-    from osiris_flight.runs.rundir import find_run
+    from osiris_flight.runs.rundir import find_run, read_jsonl
 
     try:
         run_dir = find_run(_run_logs(run_logs, config_path, as_json), run_id)
@@ -359,11 +391,16 @@ def logs(run_id: str, run_logs: str | None, config_path: str | None, as_json: bo
     if not run_dir.events.exists():
         click.echo(f"run {run_id} has no events yet", err=True)
         return
-    for line in run_dir.events.read_text(encoding="utf-8").splitlines():
-        if as_json:
-            click.echo(line)
+    try:
+        records = list(read_jsonl(run_dir.events))
+    except ValueError as exc:
+        _fail(OsirisFlightError(f"run {run_id}: events file is corrupt: {exc}"), as_json)
+    for _, ev in records:
+        if ev is None:  # the last line of a run still writing (or killed mid-write)
             continue
-        ev = json.loads(line)
+        if as_json:
+            click.echo(json.dumps(ev, ensure_ascii=False))
+            continue
         detail = {k: v for k, v in ev.items() if k not in ("ts", "t", "event", "run_id", "pipeline")}
         click.echo(f"{ev['ts']}  {ev['event']:<16} " + " ".join(f"{k}={v}" for k, v in detail.items()))
 

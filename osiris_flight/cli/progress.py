@@ -13,9 +13,17 @@ from typing import Any
 
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
-STATE_STYLE = {"pending": "dim", "running": "cyan", "complete": "green", "failed": "red", "skipped": "yellow"}
+STATE_STYLE = {
+    "pending": "dim",
+    "running": "cyan",
+    "complete": "green",
+    "failed": "red",
+    "cancelled": "magenta",
+    "skipped": "yellow",
+}
 
 
 @dataclass
@@ -114,7 +122,12 @@ class ProgressView:
             memory = _bytes(step.rss_bytes) if step.rss_bytes else ""
             rate = _human(step.rate(now))
             table.add_row(
-                step_id, step.component, f"[{style}]{step.state}[/]", f"{step.rows:,}", rate, memory
+                escape(step_id),
+                escape(step.component),
+                f"[{style}]{step.state}[/]",
+                f"{step.rows:,}",
+                rate,
+                memory,
             )
         return table
 
@@ -124,12 +137,14 @@ def print_summary(console: Console, run_id: str, status: str, error: str, summar
     console.print(f"run {run_id}: [{colour}]{status}[/] in {summary.get('duration_ms', 0) / 1000:.2f} s")
     for step_id, info in summary.get("steps", {}).items():
         target = f" -> {info['target']}" if info.get("target") else ""
-        console.print(f"  {step_id:<24} {info.get('state', ''):<9} {info.get('rows', 0):>14,} rows{target}")
+        line = f"  {step_id:<24} {info.get('state', ''):<9} {info.get('rows', 0):>14,} rows{target}"
+        console.print(escape(line), highlight=False)
     if summary.get("spilled_bytes"):
         console.print(f"  spilled {_bytes(summary['spilled_bytes'])} to disk")
     if summary.get("retries"):
         console.print(f"  {summary['retries']} task retries")
     if error:
-        console.print(f"[red]error:[/] {error}", markup=True, highlight=False)
+        # The error is the engine's or a server's text (SQL, paths, column lists): never markup.
+        console.print(f"[red]error:[/] {escape(error)}", highlight=False)
     if summary.get("run_dir"):
-        console.print(f"  run directory: {summary['run_dir']}")
+        console.print(f"  run directory: {escape(str(summary['run_dir']))}", highlight=False)

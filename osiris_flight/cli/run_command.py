@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from osiris_flight import protocol as p
 from osiris_flight.cli.progress import ProgressView, StepView, print_summary
@@ -122,7 +123,7 @@ def _follow(
     cancel_sent_at: float | None = None
     if not (request.quiet or request.as_json):
         verb = "resuming" if submit.resume else "running"
-        console.print(f"{verb} {manifest.name} as run {submit.run_id}")
+        console.print(f"{verb} {escape(manifest.name)} as run {submit.run_id}", highlight=False)
     with ProgressView(steps, quiet=request.quiet or request.as_json, console=console) as view:
         for message in client.run(submit):
             if interrupted.is_set() and cancel_sent_at is None:

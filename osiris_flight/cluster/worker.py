@@ -41,6 +41,7 @@ from osiris_flight.data.flight_io import FlightClientPool, FlightDataServer
 from osiris_flight.data.rowstream import RowStream
 from osiris_flight.errors import TerminalError, is_transient
 from osiris_flight.oml.model import parse_task_id
+from osiris_flight.redaction import scrub
 from osiris_flight.runtime.task_runner import TaskRun, TaskSpec, run_task
 
 log = logging.getLogger("osiris_flight.worker")
@@ -122,7 +123,7 @@ class Worker:
                 return 3
             return self._loop(sock, inbox)
         finally:
-            for task in self.tasks.values():
+            for task in list(self.tasks.values()):
                 task.cancel.set()
             with contextlib.suppress(Exception):
                 sock.send(p.encode(p.Goodbye(self.worker_id, "stopping")), zmq.NOBLOCK)
@@ -212,7 +213,7 @@ class Worker:
                     p.encode(
                         p.Heartbeat(
                             self.worker_id,
-                            running=[f"{k[0]}/{k[1]}#{k[2]}" for k in self.tasks],
+                            running=[f"{k[0]}/{k[1]}#{k[2]}" for k in list(self.tasks)],
                             rss_bytes=self._process.memory_info().rss,
                             store_bytes=self.store.bytes_in_memory,
                             spilled_bytes=self.store.bytes_spilled_total,
@@ -251,9 +252,9 @@ class Worker:
                 # The coordinator declared us dead (e.g. we were paused past the heartbeat limit) and
                 # has rerun our tasks elsewhere: drop that work and join again as a fresh worker.
                 log.warning("coordinator rejected us (%s); rejoining", message.reason)
-                for task in self.tasks.values():
+                for task in list(self.tasks.values()):
                     task.cancel.set()
-                for run_id in {key[0] for key in self.tasks}:
+                for run_id in {key[0] for key in list(self.tasks)}:
                     self.store.release_run(run_id, "worker rejoined")
                 self._rejoin = True
             case p.Welcome():
@@ -342,13 +343,13 @@ class Worker:
             )
         except BaseException as exc:  # a task must always report, whatever it raised
             if not isinstance(exc, Cancelled):
-                log.debug("task %s failed:\n%s", spec.task_id, traceback.format_exc())
+                log.debug("task %s failed:\n%s", spec.task_id, scrub(traceback.format_exc(), task.secrets))
             reply = p.TaskFailed(
                 spec.run_id,
                 spec.task_id,
                 spec.attempt,
                 self.worker_id,
-                error=_describe(exc),
+                error=scrub(_describe(exc), task.secrets),
                 error_type=type(exc).__name__,
                 transient=is_transient(exc),
                 step_id=task.current_step,

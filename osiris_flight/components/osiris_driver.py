@@ -53,7 +53,7 @@ from osiris_flight.components.base import (
 from osiris_flight.components.step_names import dataframe_keys
 from osiris_flight.data.rowstream import RowStream
 from osiris_flight.errors import InvalidInput, Problem, TaskError, TerminalError, TransientError, is_transient
-from osiris_flight.oml.secrets import is_secret_key
+from osiris_flight.redaction import scrub, secret_values
 
 # OML step modes and Osiris component-spec modes -> this engine's role.
 ROLE_OF_MODE: dict[str, Role] = {
@@ -153,9 +153,7 @@ class _DriverOperator(Operator):
 
     def _failure(self, exc: Exception, config: Mapping[str, Any]) -> TaskError:
         """The driver's error as a task error: its type and message, any connection secret masked."""
-        text = f"{type(exc).__name__}: {exc}"
-        for secret in _secret_values(config.get("resolved_connection")):
-            text = text.replace(secret, "***")
+        text = scrub(f"{type(exc).__name__}: {exc}", secret_values(config))
         message = f"step '{self.ctx.step_id}': Osiris driver {self.driver_name} failed: {text}"
         return TransientError(message) if is_transient(exc) else TerminalError(message)
 
@@ -250,12 +248,6 @@ def driver_inputs(streams: Mapping[str, RowStream]) -> dict[str, Any]:
     for step_id, frame in frames.items():
         inputs[keys[step_id]] = frame
     return inputs
-
-
-def _secret_values(conn: Any) -> list[str]:
-    if not isinstance(conn, Mapping):
-        return []
-    return [str(v) for k, v in conn.items() if is_secret_key(k) and v not in (None, "") and len(str(v)) >= 3]
 
 
 # -- building specs ------------------------------------------------------------------------------

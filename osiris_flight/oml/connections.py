@@ -27,8 +27,8 @@ from osiris_flight.errors import InvalidInput, Problem
 from osiris_flight.oml.interpolate import ESCAPE_HINT, substitute
 from osiris_flight.oml.model import Manifest
 from osiris_flight.oml.schema_errors import format_path, valid_choices_hint
-from osiris_flight.oml.secrets import SECRET_KEYS, is_deferred, is_secret_key, redact
 from osiris_flight.oml.yaml_source import YamlSource, read_yaml
+from osiris_flight.redaction import SECRET_KEYS, is_deferred, is_secret_key, redact
 
 __all__ = [
     "CONNECTIONS_ENV",

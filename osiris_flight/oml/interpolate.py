@@ -43,6 +43,17 @@ def env_names(text: str) -> list[str]:
     return names
 
 
+def param_names(text: str) -> list[str]:
+    """The params ``text`` refers to, in order."""
+    names = []
+    for match in _TOKEN.finditer(text):
+        body = match.group(1)
+        param = _PARAM.match(body) if body is not None else None
+        if param:
+            names.append(param.group(1))
+    return names
+
+
 def substitute(
     text: str,
     *,

@@ -14,11 +14,17 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from osiris_flight.errors import InvalidInput, Problem
-from osiris_flight.oml.interpolate import ESCAPE_HINT, Unresolved, substitute
+from osiris_flight.oml.interpolate import ESCAPE_HINT, Unresolved, param_names, substitute
 from osiris_flight.oml.loader import OmlDocument, RawStep
 from osiris_flight.oml.schema_errors import format_path, valid_choices_hint
-from osiris_flight.oml.secrets import is_deferred
+from osiris_flight.redaction import is_deferred, is_secret_key
 
+# Params are written into the manifest (they are what the run was compiled with), so a secret must
+# come another way: the worker fills ${VAR} in a secret field from its environment at run time.
+SECRET_PARAM_HINT = (
+    "params are written into the manifest; pass a secret as ${VAR} in a secret field (filled from the"
+    " environment at run time) or through osiris_connections.yaml"
+)
 _TRUE = {"true", "yes", "y", "on", "1"}
 _FALSE = {"false", "no", "n", "off", "0"}
 
@@ -74,7 +80,17 @@ def resolve_params(
 
     Params with no value anywhere are left out; referencing one is reported at the reference.
     """
-    problems: list[Problem] = []
+    problems: list[Problem] = [
+        Problem(
+            f"param '{name}' looks like a secret",
+            file=doc.file,
+            field=f"params.{name}",
+            hint=SECRET_PARAM_HINT,
+            line=doc.line_of("params", name),
+        )
+        for name in doc.params
+        if is_secret_key(name)
+    ]
     values = {name: decl.default for name, decl in doc.params.items() if decl.has_default}
     if profile is not None:
         if profile in doc.profiles:
@@ -130,6 +146,18 @@ def substitute_config(
         if isinstance(value, list):
             return [walk(v, (*path, i)) for i, v in enumerate(value)]
         if not isinstance(value, str) or "${" not in value:
+            return value
+        if is_deferred(path) and param_names(value):
+            problems.append(
+                Problem(
+                    "a secret field cannot take a param",
+                    file=doc.file,
+                    step=step.id,
+                    field=format_path(path),
+                    hint=SECRET_PARAM_HINT,
+                    line=doc.step_line(step, *path),
+                )
+            )
             return value
         result, missing = substitute(value, params=params, environ=env)
         if is_deferred(path):

@@ -17,7 +17,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
 from osiris_flight.errors import Problem
-from osiris_flight.oml.secrets import is_secret_key
+from osiris_flight.redaction import is_secret_key
 
 Path = tuple[str | int, ...]
 LineOf = Callable[[Path], int | None]

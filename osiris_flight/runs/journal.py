@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from osiris_flight.runs.rundir import read_jsonl
+
 JOURNAL_VERSION = 1
 
 
@@ -71,16 +73,13 @@ def read_journal(path: Path) -> JournalState:
     state = JournalState()
     if not path.exists():
         return state
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            # A torn last line from a kill mid-write records nothing that was durable.
-            if number == len(path.read_text(encoding="utf-8").splitlines()):
-                break
-            raise JournalError(f"{path}:{number}: corrupt journal line") from None
+    try:
+        records = list(read_jsonl(path))
+    except ValueError as exc:
+        raise JournalError(f"corrupt journal line: {exc}") from None
+    for number, record in records:
+        if record is None:
+            break  # a torn last line from a kill mid-write records nothing that was durable
         if record.get("v") != JOURNAL_VERSION:
             raise JournalError(f"{path}:{number}: journal version {record.get('v')!r} is not supported")
         kind = record.get("type")

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,6 +16,26 @@ from osiris_flight.errors import InvalidInput, Problem
 
 STATUS_VERSION = 1
 _RUN_ID = re.compile(r"^[0-9a-f]{12}$")
+
+
+def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any] | None]]:
+    """``(line number, record)`` of each non-empty line of a JSON-lines file the engine appends to.
+
+    The last line may be torn (a process killed mid-write, or a reader racing the writer): it comes
+    as ``None`` so the caller decides; a bad line before the last raises ValueError naming it.
+    """
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):
+                yield number, None
+                return
+            raise ValueError(f"{path}:{number}: not a JSON line") from None
+        yield number, record
 
 
 def new_run_id() -> str:

@@ -38,6 +38,7 @@ from osiris_flight.data.batch_store import BatchStore
 from osiris_flight.data.rowstream import RowStream
 from osiris_flight.errors import TerminalError
 from osiris_flight.oml.connections import resolve_runtime_config
+from osiris_flight.redaction import secret_values
 
 
 @dataclass
@@ -90,6 +91,9 @@ class TaskRun:
     counters: dict[str, StepCounters] = field(default_factory=dict)
     current_step: str | None = None
     started_at: float = field(default_factory=time.time)
+    # Secret values this attempt resolved (connections, secret config fields): scrubbed from its
+    # error message, whatever component or server wrote it.
+    secrets: set[str] = field(default_factory=set)
 
     def progress(self) -> dict[str, dict[str, int]]:
         return {step: c.to_dict() for step, c in self.counters.items()}
@@ -178,10 +182,12 @@ def _build(
         raise TerminalError(
             f"step '{step_id}': component {step['component']!r} is not installed on this worker"
         )
+    config = resolve_runtime_config(step["config"])
+    task.secrets |= secret_values(config) | secret_values(spec.connections)
     ctx = StepContext(
         step_id=step_id,
         component=step["component"],
-        config=resolve_runtime_config(step["config"]),
+        config=config,
         run_id=spec.run_id,
         task_id=spec.task_id,
         attempt=spec.attempt,

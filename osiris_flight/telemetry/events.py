@@ -16,13 +16,21 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from osiris_flight.redaction import REDACTED, is_secret_key
+
+# Wider than is_secret_key on purpose: an event field is masked when its name merely contains one of
+# these (``db_password_hint``, ``credentials_path``); a masked harmless field costs nothing here.
 SECRET_MARKERS = ("password", "passwd", "secret", "token", "api_key", "apikey", "credential")
 
 
 def mask_secrets(value: Any) -> Any:
     if isinstance(value, dict):
         return {
-            k: ("***" if any(m in str(k).lower() for m in SECRET_MARKERS) else mask_secrets(v))
+            k: (
+                REDACTED
+                if is_secret_key(k) or any(m in str(k).lower() for m in SECRET_MARKERS)
+                else mask_secrets(v)
+            )
             for k, v in value.items()
         }
     if isinstance(value, list | tuple):

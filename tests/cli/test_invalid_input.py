@@ -120,19 +120,46 @@ def test_resume_of_unknown_run(tmp_path: Path) -> None:
 
 
 def test_secret_never_appears_in_errors_or_manifest(tmp_path: Path) -> None:
+    """A connection's password set through the environment: compile succeeds and its manifest does
+    not hold the value; a pipeline that routes a secret through a param is refused without echoing it."""
     (tmp_path / "osiris_connections.yaml").write_text(
         "version: 1\nconnections:\n  mysql:\n    primary:\n      host: localhost\n      user: u\n"
         '      password: "${OSIRIS_TEST_PW}"\n'
     )
-    text = GOOD.replace("config: {path: in.csv}", 'config: {path: in.csv, connection: "@mysql.primary"}')
+    text = GOOD.replace(
+        "component: filesystem.csv_extractor\n    mode: read\n    config: {path: in.csv}",
+        'component: mysql.extractor\n    mode: read\n    config: {connection: "@mysql.primary", table: t}',
+    )
     (tmp_path / "p.yaml").write_text(text)
+    leaky = text.replace("name: demo", 'name: demo\nparams: {db_password: {default: ""}}')
+    (tmp_path / "leaky.yaml").write_text(leaky)
     import os
 
     os.environ["OSIRIS_TEST_PW"] = "s3cr3t-hunter2"
     try:
         compiled = osiris(["compile", "p.yaml"], tmp_path)
-        bad = osiris(["validate", "p.yaml"], tmp_path)
+        refused = osiris(["compile", "leaky.yaml", "--param", "db_password=s3cr3t-hunter2"], tmp_path)
     finally:
         del os.environ["OSIRIS_TEST_PW"]
-    for out in (compiled.stdout, compiled.stderr, bad.stdout, bad.stderr):
+    assert compiled.code == 0, compiled.stderr
+    manifest = json.loads(compiled.stdout)
+    assert manifest["steps"][0]["config"]["connection"] == "@mysql.primary"
+    assert refused.code == 2 and "looks like a secret" in refused.stderr
+    for out in (compiled.stdout, compiled.stderr, refused.stdout, refused.stderr):
         assert "s3cr3t-hunter2" not in out
+
+
+def test_bad_command_line_values_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "p.yaml").write_text(GOOD)
+    unwritable = osiris(["compile", "p.yaml", "--out", "no/such/dir/m.json"], tmp_path)
+    assert unwritable.code == 2 and "no/such/dir/m.json" in unwritable.stderr
+    for flag in ("--workers", "--memory-limit-mb"):
+        result = osiris(["run", "p.yaml", flag, "0"], tmp_path)
+        assert result.code == 2 and flag in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "run_logs").exists()  # nothing ran
+
+
+def test_resume_refuses_what_would_change_the_stored_manifest(tmp_path: Path) -> None:
+    (tmp_path / "p.yaml").write_text(GOOD)
+    result = osiris(["run", "p.yaml", "--resume", "0123456789ab", "--param", "x=1"], tmp_path)
+    assert result.code == 2 and "PIPELINE, --param" in result.stderr and "Traceback" not in result.stderr

@@ -338,9 +338,39 @@ def test_terminal_failure_fails_the_run_with_the_real_message_and_leaves_no_targ
     assert "column amount is not numeric" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
     assert not (workdir / "out/flaky.csv").exists()
-    status = (latest_run_dir(workdir) / "status.json").read_text()
-    assert '"failed"' in status
+    run_dir = latest_run_dir(workdir)
+    assert '"failed"' in (run_dir / "status.json").read_text()
     assert_no_orphans(workdir)
+    # The run is listed and its events read back, also with a torn last line (a coordinator killed
+    # mid-write, or `logs` reading while a run writes).
+    [listed] = json.loads(osiris(["runs", "--json"], workdir).stdout)
+    assert listed["status"] == "failed" and "column amount is not numeric" in listed["error"]
+    with (run_dir / "events.jsonl").open("a") as events_file:
+        events_file.write('{"ts": "2026-01-01T00:0')
+    shown = osiris(["logs", listed["run_id"]], workdir)
+    assert shown.code == 0, shown.stderr
+    assert "step_failed" in shown.stdout and "column amount is not numeric" in shown.stdout
+    as_json = osiris(["logs", listed["run_id"], "--json"], workdir)
+    assert [json.loads(line)["event"] for line in as_json.stdout.splitlines()][-1] == "run_end"
+
+
+def test_a_secret_a_failing_step_echoes_is_scrubbed_from_every_record(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_events_csv(workdir / "events.csv", 1_000)
+    secret = "tok-4f9a-very-secret"
+    monkeypatch.setenv("OSIRIS_TEST_TOKEN", secret)
+    (workdir / "pipeline.yaml").write_text(
+        FLAKY.format(
+            flaky_config='{terminal: true, message: "auth failed", api_token: "${OSIRIS_TEST_TOKEN}"}'
+        )
+    )
+    result = osiris(["run", "pipeline.yaml", "--workers", "1"], workdir)
+    assert result.code == 1
+    assert "auth failed (token *** refused)" in result.stdout
+    run_dir = latest_run_dir(workdir)
+    for text in [result.stdout, result.stderr] + [f.read_text() for f in run_dir.iterdir() if f.is_file()]:
+        assert secret not in text
 
 
 def test_ctrl_c_cancels_the_run_and_stops_every_process(workdir: Path) -> None:

@@ -226,6 +226,25 @@ def test_secrets_never_reach_the_manifest(write, registry):
     assert "DB_PASSWORD" in str(info.value) and secret not in str(info.value)
 
 
+def test_a_secret_cannot_come_through_params(write, registry):
+    """Params are written into the manifest, so neither a secret-named param nor a param in a secret
+    field is accepted: both are reported, and the value never appears in the message."""
+    secret = "pa55-w0rd-xyz"
+    path = write(
+        HEADER.format(version="0.2.0")
+        + step("a", "test.reader", "read", path="in.csv")
+        + step("w", "test.open_writer", "write", ["a"], path="o.csv", password="${params.pw}")
+        + "params: {pw: {default: x}, db_password: {default: y}}\n"
+    )
+    problems = problems_of(compile_, path, registry, params={"pw": secret, "db_password": secret})
+    assert sorted(p.message for p in problems) == [
+        "a secret field cannot take a param",
+        "param 'db_password' looks like a secret",
+    ]
+    assert {p.field for p in problems} == {"config.password", "params.db_password"}
+    assert all(secret not in str(p) for p in problems)
+
+
 def test_0_1_0_cycle_through_implicit_chaining_is_explained(write, registry):
     path = pipeline(
         write,

@@ -17,7 +17,7 @@ from osiris_flight.oml.connections import (
     redact,
     resolve_connections,
 )
-from osiris_flight.oml.secrets import is_secret_key
+from osiris_flight.redaction import is_secret_key
 from tests.oml.helpers import find, problems_of
 
 SECRET = "hunter2-very-secret"

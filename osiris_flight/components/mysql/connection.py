@@ -23,7 +23,7 @@ import pymysql
 from pymysql.connections import Connection
 
 from osiris_flight.errors import TerminalError, TransientError
-from osiris_flight.oml.secrets import is_secret_key
+from osiris_flight.redaction import is_secret_key
 
 DEFAULT_PORT = 3306
 CONNECT_TIMEOUT_S = 10

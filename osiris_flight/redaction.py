@@ -1,8 +1,10 @@
-"""Which config fields hold secrets, and how to show a mapping without them.
+"""Which config fields hold secrets, and how to show a mapping or a message without them.
 
-One small module because three places need the same answer: connection checks (never name a secret
-value in an error), params/env substitution (a secret field's ``${VAR}`` is resolved at run time so
-that its value never reaches a manifest) and ``connections list`` (display with ``***``).
+One small module below every layer, because several places need the same answer: connection checks
+(never name a secret value in an error), params/env substitution (a secret field's ``${VAR}`` is
+resolved at run time so that its value never reaches a manifest), ``connections list`` (display
+with ``***``), telemetry (events and metrics mask secret-looking fields) and task errors (a
+server's message scrubbed of the secrets the task resolved).
 """
 
 from __future__ import annotations
@@ -60,6 +62,29 @@ def is_deferred(path: tuple[str | int, ...]) -> bool:
     if any(is_secret_key(part) for part in path):
         return True
     return any(part in CONNECTION_KEYS for part in path[:-1])
+
+
+def secret_values(value: Any, inside_secret: bool = False) -> set[str]:
+    """Every value under a secret-looking key, at any depth of a resolved config or connection
+    mapping: what to scrub from free text such as a server's error message. Values shorter than 3
+    characters are left out: scrubbing them would mangle the text and hide nothing."""
+    found: set[str] = set()
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            found |= secret_values(item, inside_secret or is_secret_key(key))
+    elif isinstance(value, list):
+        for item in value:
+            found |= secret_values(item, inside_secret)
+    elif inside_secret and value is not None and len(str(value)) >= 3:
+        found.add(str(value))
+    return found
+
+
+def scrub(text: str, secrets: set[str]) -> str:
+    """``text`` with each of ``secrets`` replaced by ``***`` (longest first, so no part is left)."""
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, REDACTED)
+    return text
 
 
 def redact(conn: Mapping[str, Any]) -> dict[str, Any]:
