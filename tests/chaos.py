@@ -1,7 +1,9 @@
 """Plugin components for tests that disturb runs on purpose (loaded via OSIRIS_FLIGHT_PLUGINS).
 
 * ``chaos.slow``: passes batches through, sleeping ``delay_s`` seconds before each, so a test can
-  act (kill a worker, interrupt the CLI) while a task is certainly running.
+  act (kill a worker, interrupt the CLI) while a task is certainly running. With ``hold_until`` (a
+  file path) it waits, cancellable, until that file exists before its first batch: the test decides
+  when the step may go on, whatever the machine's speed.
 * ``chaos.flaky``: raises a transient error on attempts below ``succeed_on_attempt``, a terminal
   error when ``terminal`` is set, else passes through.
 * ``chaos.sequence`` and ``chaos.ledger``: a chunked source and a chunked, durable file sink, to
@@ -35,8 +37,12 @@ class Slow(Transform):
     def apply(self, inputs: Mapping[str, RowStream]) -> RowStream:
         (stream,) = inputs.values()
         delay = float(self.config.get("delay_s", 0.1))
+        hold = self.config.get("hold_until")
 
         def gen() -> Iterator[pa.RecordBatch]:
+            while hold and not Path(hold).exists():
+                self.ctx.check_cancelled()
+                time.sleep(0.05)
             for batch in stream.batches():
                 time.sleep(delay)
                 yield batch
@@ -69,7 +75,7 @@ COMPONENTS = [
         config_schema={
             "type": "object",
             "additionalProperties": False,
-            "properties": {"delay_s": {"type": "number", "minimum": 0}},
+            "properties": {"delay_s": {"type": "number", "minimum": 0}, "hold_until": {"type": "string"}},
         },
         min_inputs=1,
         max_inputs=1,

@@ -20,6 +20,8 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pytest
 
+from osiris_flight.runs.rundir import read_jsonl
+
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
@@ -66,10 +68,11 @@ def start_osiris(args: list[str], cwd: Path) -> subprocess.Popen[str]:
 
 
 def events(run_dir: Path) -> list[dict[str, Any]]:
+    """The run's events so far (a torn last line of a run still writing is left for the next read)."""
     path = run_dir / "events.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [record for _, record in read_jsonl(path) if record is not None]
 
 
 def latest_run_dir(root: Path) -> Path | None:

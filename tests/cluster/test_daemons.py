@@ -58,7 +58,7 @@ def test_worker_that_misses_heartbeats_is_declared_dead_and_its_task_reruns(tmp_
     table = write_events_csv(tmp_path / "events.csv", 50_000)
     (tmp_path / "pipeline.yaml").write_text(PIPELINE)
     (tmp_path / "osiris.yaml").write_text(
-        "engine:\n  heartbeat_interval_s: 0.3\n  heartbeat_misses: 3\n  batch_rows: 4096\n"
+        "engine:\n  heartbeat_interval_s: 0.5\n  heartbeat_misses: 4\n  batch_rows: 4096\n"
     )
     address = f"tcp://127.0.0.1:{_port()}"
     env = cli_env()
@@ -105,9 +105,10 @@ def test_worker_that_misses_heartbeats_is_declared_dead_and_its_task_reruns(tmp_
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
         evs = events(run_dir)
-        lost = [e for e in evs if e["event"] == "worker_lost"]
-        assert lost and lost[0]["worker_id"] == start["worker_id"]
-        assert "missed 3 heartbeats" in lost[0]["reason"]
+        # The stopped worker is declared dead for its silence (a healthy one starved past 2 s on a
+        # loaded machine may be too, and rejoins: that is not what this test is about).
+        lost = {e["worker_id"]: e for e in evs if e["event"] == "worker_lost"}
+        assert "missed 4 heartbeats" in lost[start["worker_id"]]["reason"]
         starts = [e for e in evs if e["event"] == "task_start"]
         assert starts[-1]["worker_id"] != start["worker_id"]
         got = read_csv(tmp_path / "out/copy.csv")

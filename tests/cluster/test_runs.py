@@ -160,13 +160,14 @@ def test_sigkilled_worker_mid_run_gives_identical_output(workdir: Path) -> None:
     assert_summary_matches(workdir / "out/summary.csv", table)
     evs = events(run_dir)
     lost = [e for e in evs if e["event"] == "worker_lost"]
-    assert lost and lost[0]["worker_id"] == start["worker_id"]
+    assert start["worker_id"] in {e["worker_id"] for e in lost}
     assert any(e["event"] == "task_retry" and not e["counted"] for e in evs)
     reruns = [e for e in evs if e["event"] == "task_start" and "slow_users" in e["steps"]]
     assert len(reruns) >= 2 and reruns[-1]["worker_id"] != start["worker_id"]
     assert_no_orphans(workdir)
 
 
+# The slow branch waits for the file RELEASE before its first batch: the test creates it.
 TWO_SINKS = """
 oml_version: "0.2.0"
 name: two_sinks
@@ -184,7 +185,7 @@ steps:
     component: chaos.slow
     mode: transform
     depends_on: [extract]
-    config: {delay_s: 0.5}
+    config: {delay_s: 0.5, hold_until: "RELEASE"}
   - id: slow_write
     component: filesystem.csv_writer
     mode: write
@@ -193,15 +194,23 @@ steps:
 """
 
 
+def two_sinks(workdir: Path) -> Path:
+    """Write the TWO_SINKS pipeline; returns the file whose creation releases its slow branch."""
+    release = workdir / "release-slow-branch"
+    (workdir / "pipeline.yaml").write_text(TWO_SINKS.replace("RELEASE", str(release)))
+    return release
+
+
 def test_resume_after_killed_run_skips_committed_steps_and_finishes_identically(workdir: Path) -> None:
     table = write_events_csv(workdir / "events.csv", 300_000)
-    (workdir / "pipeline.yaml").write_text(TWO_SINKS)
+    release = two_sinks(workdir)
     proc = start_osiris(["run", "pipeline.yaml", "--json", "--workers", "2"], workdir)
     try:
         run_dir = wait_until(lambda: latest_run_dir(workdir), 60, "the run directory")
-        wait_until(lambda: '"task_committed"' in (run_dir / "journal.jsonl").read_text(), 60, "a commit")
-        committed = (run_dir / "journal.jsonl").read_text()
-        assert "slow_write" not in committed
+        journal = run_dir / "journal.jsonl"
+        wait_until(lambda: journal.exists() and '"task_committed"' in journal.read_text(), 60, "a commit")
+        committed = journal.read_text()
+        assert "slow_write" not in committed  # held: it cannot have begun writing
         proc.send_signal(signal.SIGKILL)  # the whole CLI, mid-run
         proc.wait(timeout=30)
     finally:
@@ -211,6 +220,7 @@ def test_resume_after_killed_run_skips_committed_steps_and_finishes_identically(
     assert not (workdir / "out/slow.csv").exists()  # never half-written
     quick_mtime = (workdir / "out/quick.csv").stat().st_mtime_ns
 
+    release.touch()
     run_id = run_dir.name.rsplit("_", 1)[-1]
     result = osiris(["run", "--resume", run_id, "--json", "--workers", "2"], workdir)
     assert result.code == 0, result.stderr
@@ -226,7 +236,7 @@ def test_resume_after_killed_run_skips_committed_steps_and_finishes_identically(
 
 def test_killing_the_worker_holding_a_finished_output_recomputes_it_from_lineage(workdir: Path) -> None:
     table = write_events_csv(workdir / "events.csv", 300_000)
-    (workdir / "pipeline.yaml").write_text(TWO_SINKS)
+    release = two_sinks(workdir)
     proc = start_osiris(["run", "pipeline.yaml", "--json", "--workers", "2"], workdir)
     try:
         run_dir = wait_until(lambda: latest_run_dir(workdir), 60, "the run directory")
@@ -238,9 +248,11 @@ def test_killing_the_worker_holding_a_finished_output_recomputes_it_from_lineage
             )
 
         done = wait_until(extract_done, 60, "the extract to finish")
-        # The slow branch is still reading the extract's output from that worker's batch store.
+        # The slow branch is held, so it still needs the extract's output in that worker's store.
         pid = wait_until(lambda: worker_pid(proc.pid, done["worker_id"]), 10, "the worker's pid")
         os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: any(e["event"] == "worker_lost" for e in events(run_dir)), 60, "the loss")
+        release.touch()
         _, err = proc.communicate(timeout=180)
     finally:
         if proc.poll() is None:
@@ -375,12 +387,18 @@ def test_a_secret_a_failing_step_echoes_is_scrubbed_from_every_record(
 
 def test_ctrl_c_cancels_the_run_and_stops_every_process(workdir: Path) -> None:
     write_events_csv(workdir / "events.csv", 100_000)
-    (workdir / "pipeline.yaml").write_text(TWO_SINKS)
+    release = two_sinks(workdir)
     proc = start_osiris(["run", "pipeline.yaml", "--workers", "2"], workdir)
-    run_dir = wait_until(lambda: latest_run_dir(workdir), 60, "the run directory")
-    wait_until(lambda: any(e["event"] == "task_start" for e in events(run_dir)), 60, "a task to start")
-    proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=60)
+    try:
+        run_dir = wait_until(lambda: latest_run_dir(workdir), 60, "the run directory")
+        # The slow branch is held and never released: the run cannot end before the interrupt.
+        wait_until(lambda: any(e["event"] == "task_start" for e in events(run_dir)), 60, "a task to start")
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not release.exists()
     assert proc.returncode == 130
     assert_no_orphans(workdir)
     assert '"failed"' in (run_dir / "status.json").read_text()

@@ -74,7 +74,9 @@ def test_csv_to_filter_to_csv_chain_streams(tmp_path: Path, big_table: pa.Table)
     source = tmp_path / "big.csv"
     pacsv.write_csv(table, source)
     size = source.stat().st_size
-    read_ctx = make_ctx(tmp_path, {"path": str(source)}, batch_rows=8192, memory_limit_bytes=32 << 20)
+    # A 4 MiB task budget caps the reader's blocks at 100 KiB, so its read-ahead (up to ~40 blocks,
+    # more when the consumer is starved) stays near 4 MiB however the threads are scheduled.
+    read_ctx = make_ctx(tmp_path, {"path": str(source)}, batch_rows=8192, memory_limit_bytes=4 << 20)
     stream = CsvExtractor(read_ctx).open()
     filtered = Filter(make_ctx(tmp_path, {"where": "amount >= 500"}, batch_rows=8192)).apply({"src": stream})
     base = pa.total_allocated_bytes()
@@ -91,9 +93,9 @@ def test_csv_to_filter_to_csv_chain_streams(tmp_path: Path, big_table: pa.Table)
     expected = 3 * int(np.count_nonzero(big_table.column("amount").to_numpy() >= 500))
     assert result.rows == expected
     # Holding the file would take more than its size in Arrow memory. The chain's working set (CSV
-    # blocks read ahead, a batch per step, the writer's buffer) measured 5-10 MB for a file of 35 MB
-    # or of 110 MB (the reader's read-ahead varies with timing), so a tenth of 110 MB bounds it
-    # whatever the timing and still fails any chain that holds the data.
+    # blocks read ahead, a batch per step, the writer's buffer) is a few MB whatever the file's
+    # size, so a tenth of 110 MB bounds it with room to spare and still fails any chain that holds
+    # the data.
     assert peak < size / 10, (peak, size)
 
 
