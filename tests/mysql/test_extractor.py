@@ -126,7 +126,11 @@ def test_zero_dates_become_null_and_are_counted_once(mysql_server: MySQLServer) 
         {"step": "step1", "column": "d", "count": 3},
         {"step": "step1", "column": "t", "count": 1},
     ]
-    assert [v for n, v, _ in telemetry.metrics if n == "rows_read"] == [1, 2, 3]  # progress, cumulative
+    assert [v for n, v, _ in telemetry.metrics if n == "mysql_rows_fetched"] == [
+        1,
+        2,
+        3,
+    ]  # progress, cumulative
     assert [(n, v) for n, v, _ in telemetry.metrics if n == "mysql_zero_dates"] == [
         ("mysql_zero_dates", 3),
         ("mysql_zero_dates", 1),

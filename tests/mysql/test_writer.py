@@ -118,6 +118,37 @@ def test_a_failed_write_leaves_the_target_as_it_was(
     assert _content(mysql_server, table) == before
 
 
+@pytest.mark.parametrize("mode", ["append", "upsert"])
+def test_a_failed_load_into_a_new_table_creates_no_table(mysql_server: MySQLServer, mode: str) -> None:
+    """create_table: the new target appears only when its rows are published; the failed attempt's
+    work is kept (privately) and its retry publishes every row once."""
+    table = unique("fresh")
+    data = _people(5000, name="new")
+    config = {"table": table, "mode": mode, "create_table": True, "primary_key": ["id"]}
+    run = uuid.uuid4().hex
+
+    def attempt(number: int) -> MySQLWriter:
+        return MySQLWriter(make_ctx(mysql_server, config, run_id=run, task_id="t", attempt=number))
+
+    first = attempt(1)
+    assert first.begin(None) is None
+    first.write_chunk(RowStream(data.slice(0, 2000).to_batches(), data.schema))
+    first.commit_chunk("after-2000")
+    with pytest.raises(ConnectionError):
+        first.write_chunk(failing_stream(data.slice(2000), 1000, fail_after=1))
+    first.abort()
+    assert not rows(mysql_server, f"SHOW TABLES LIKE '{table}'")  # no new, empty target
+
+    second = attempt(2)
+    assert second.begin(None) == "after-2000"
+    second.write_chunk(RowStream(data.slice(2000).to_batches(), data.schema))
+    second.commit_chunk("after-5000")
+    assert second.finish().rows == 5000
+    assert _content(mysql_server, table) == [(i, f"new{i}") for i in range(1, 5001)]
+    assert "PRIMARY KEY (`id`)" in rows(mysql_server, f"SHOW CREATE TABLE {table}")[0][1]
+    assert not [t for t in _leftovers(mysql_server) if second.stage[-24:] in t]
+
+
 def test_resumed_load_continues_from_the_database_token(mysql_server: MySQLServer) -> None:
     source = _people(2600)
     src = unique("src")

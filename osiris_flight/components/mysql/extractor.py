@@ -377,7 +377,8 @@ class MySQLExtractor(ChunkedSource):
         batch = decoded.batch
         if len(self._keep) != batch.num_columns:
             batch = batch.select(self._keep)
-        self.ctx.log_metric("rows_read", state.start.rows + state.rows, step=self.ctx.step_id)
+        # Running count under its own name: rows_read is the engine's one record per step (as in Osiris).
+        self.ctx.log_metric("mysql_rows_fetched", state.start.rows + state.rows, step=self.ctx.step_id)
         return batch
 
     # -- plumbing -------------------------------------------------------------------------------

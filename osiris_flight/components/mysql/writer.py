@@ -8,6 +8,8 @@ token, in a row of ``_osiris_load_state`` (in the target's database). That row i
 committed chunk. ``finish`` publishes atomically:
 
 * append: ``INSERT INTO target SELECT ... FROM stage`` and the "finished" mark, one transaction;
+  with ``create_table`` and no target, the new table is built under a private name (``new``) and
+  renamed into place just before that transaction, so a failed run leaves no new, empty target;
 * upsert: the same with ``ON DUPLICATE KEY UPDATE`` (the last row of a key wins);
 * replace: the stage is a full copy of the table's definition; ``RENAME TABLE target TO old,
   stage TO target`` swaps it in atomically, so the old table stays whole until the new one is.
@@ -49,6 +51,8 @@ from osiris_flight.errors import TerminalError
 
 SEQ = "_osiris_seq"
 DEFAULT_BATCH_ROWS = 10000
+# MySQL error 1050: the table a RENAME or CREATE names already exists.
+ER_TABLE_EXISTS = 1050
 COMMIT_ROWS = 500_000  # unchunked write(): rows per intermediate commit (bounds the transaction)
 
 
@@ -69,7 +73,7 @@ class MySQLWriter(ChunkedSink):
         self._owner = uuid.uuid4().hex
         self._conn: Connection | None = None
         self.database = ""
-        self.stage = self.old = ""
+        self.stage = self.old = self.new = ""
         self._rows = 0  # committed, all attempts
         self._pending = 0  # written in the open transaction
         self._bytes = 0
@@ -107,6 +111,7 @@ class MySQLWriter(ChunkedSink):
                 "\0".join((ctx.run_id, ctx.task_id, ctx.step_id, self.target)).encode()
             ).hexdigest()[:24]
             self.stage, self.old = f"_osiris_stage_{digest}", f"_osiris_old_{digest}"
+            self.new = f"_osiris_new_{digest}"
             self._check_target()
             return self._take_over()
 
@@ -199,7 +204,8 @@ class MySQLWriter(ChunkedSink):
         if row is None:
             state.create(target=self.target, mode=self.mode, run_id=self.ctx.run_id, task_id=self.ctx.task_id)
             conn.commit()
-            self._exec(f"DROP TABLE IF EXISTS {self._q(self.stage)}")  # left by a deleted state row
+            # Left by a deleted state row.
+            self._exec(f"DROP TABLE IF EXISTS {self._q(self.stage)}, {self._q(self.new)}")
             return None
         problem = None
         if row.version != STATE_VERSION:
@@ -217,7 +223,9 @@ class MySQLWriter(ChunkedSink):
             finished = True
         if finished:
             conn.commit()
-            self._exec(f"DROP TABLE IF EXISTS {self._q(self.stage)}, {self._q(self.old)}")
+            self._exec(
+                f"DROP TABLE IF EXISTS {self._q(self.stage)}, {self._q(self.old)}, {self._q(self.new)}"
+            )
             raise AlreadyFinished(WriteResult(self._rows, 0, self.target))
         if self._rows and not stage_exists:
             conn.rollback()
@@ -296,12 +304,14 @@ class MySQLWriter(ChunkedSink):
             else:
                 self._exec(bulkload.create_table_sql(stage, schema, keys))
             return
-        if not exists:  # create_table: an empty target now, filled atomically at finish
-            self._exec(bulkload.create_table_sql(self._q(self.table), schema, keys, if_not_exists=True))
+        template = self.table
+        if not exists:  # create_table: the new target, under its private name until finish
+            template = self.new
+            self._exec(bulkload.create_table_sql(self._q(template), schema, keys, if_not_exists=True))
         columns = ", ".join(quote_ident(n) for n in schema.names)
         self._exec(
             f"CREATE TABLE {stage} ({quote_ident(SEQ)} BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY) "
-            f"ENGINE=InnoDB SELECT {columns} FROM {self._q(self.table)} LIMIT 0"
+            f"ENGINE=InnoDB SELECT {columns} FROM {self._q(template)} LIMIT 0"
         )
 
     def _load(self, batch: pa.RecordBatch) -> None:
@@ -345,6 +355,7 @@ class MySQLWriter(ChunkedSink):
             if has_stage
             else []
         )
+        self._create_target()
         self._lock_state()
         if columns:
             names = ", ".join(quote_ident(c) for c in columns)
@@ -361,6 +372,22 @@ class MySQLWriter(ChunkedSink):
         self._state().mark_finished()
         conn.commit()
         self._exec(f"DROP TABLE IF EXISTS {self._q(self.stage)}")
+
+    def _create_target(self) -> None:
+        """Rename the table built for a missing target into place (create_table). Before the publishing
+        transaction, as DDL commits anyway: a crash between the two leaves the target empty and the
+        load resumable. Another partition's writer may have created the target first: then this
+        one's copy is dropped."""
+        conn = self._conn_()
+        if catalog.table_exists(conn, self.database, self.table):
+            self._exec(f"DROP TABLE IF EXISTS {self._q(self.new)}")
+        elif catalog.table_exists(conn, self.database, self.new):
+            try:
+                self._exec(f"RENAME TABLE {self._q(self.new)} TO {self._q(self.table)}")
+            except pymysql.err.MySQLError as exc:
+                if exc.args[0] != ER_TABLE_EXISTS:
+                    raise
+                self._exec(f"DROP TABLE IF EXISTS {self._q(self.new)}")
 
     def _publish_swap(self) -> None:
         conn = self._conn_()
