@@ -120,10 +120,13 @@ def validate(
     as_json: bool,
 ) -> None:
     """Check a pipeline: syntax, steps, dependencies, component configs, params, connections."""
+    from osiris_flight.oml.validate import ignored_config
+
     try:
-        _, _, manifest, plan, _ = _compile(pipeline, params, profile, connections_file, config_path)
+        _, registry, manifest, plan, _ = _compile(pipeline, params, profile, connections_file, config_path)
     except OsirisFlightError as exc:
         _fail(exc, as_json)
+    notes = ignored_config(manifest.steps, registry)
     if as_json:
         click.echo(
             json.dumps(
@@ -132,12 +135,15 @@ def validate(
                     "pipeline": manifest.name,
                     "steps": len(manifest.steps),
                     "stages": len(plan.stages),
+                    "notes": notes,
                 }
             )
         )
     else:
         steps, stages = len(manifest.steps), len(plan.stages)
         click.echo(f"{pipeline}: valid ({_count(steps, 'step')}, {_count(stages, 'stage')})")
+        for note in notes:
+            click.echo(f"note: {note}", err=True)
 
 
 @cli.command("compile")

@@ -27,6 +27,7 @@ from osiris_flight.oml.model import Manifest
 from osiris_flight.oml.optimize import optimize
 from osiris_flight.oml.params import parse_param_args
 from osiris_flight.oml.plan import plan_manifest
+from osiris_flight.oml.validate import ignored_config
 from osiris_flight.runs.rundir import find_run, new_run_id
 
 CANCEL_GRACE_S = 15.0
@@ -54,7 +55,7 @@ class RunOutcome:
     exit_code: int
 
 
-def _manifest(config: Config, request: RunRequest) -> tuple[Manifest, str]:
+def _manifest(config: Config, request: RunRequest, console: Console) -> tuple[Manifest, str]:
     """A fresh compile (optimized unless ``engine.optimize`` is off), or a resumed run's own manifest
     exactly as it started (already optimized or not: resuming never rewrites it again)."""
     registry = build_registry(config.plugins)
@@ -79,11 +80,14 @@ def _manifest(config: Config, request: RunRequest) -> tuple[Manifest, str]:
     )
     if config.engine.optimize:  # the run directory's manifest.json is this one, with its optimizations
         manifest, _ = optimize(manifest, registry)
+    if not (request.quiet or request.as_json):
+        for note in ignored_config(manifest.steps, registry):
+            console.print(f"note: {escape(note)}", highlight=False)
     return manifest, new_run_id()
 
 
 def execute(config: Config, request: RunRequest, console: Console) -> RunOutcome:
-    manifest, run_id = _manifest(config, request)
+    manifest, run_id = _manifest(config, request, console)
     plan = plan_manifest(manifest, build_registry(config.plugins))
     connections = resolve_connections(manifest, request.connections_file)
     submit = p.SubmitRun(

@@ -39,6 +39,7 @@ from osiris_flight.components._encoding import Transcoder, bomless, check_encodi
 from osiris_flight.components.base import ComponentSpec, Sink, Source, WriteResult
 from osiris_flight.data.rowstream import RowStream
 from osiris_flight.errors import Problem, TerminalError
+from osiris_flight.oml.validate import IGNORED_KEYWORD
 
 DEFAULT_NULL_VALUES = ["", "NULL", "null", "\\N"]
 SAMPLE_BYTES = 64 * 1024
@@ -156,6 +157,7 @@ WRITER_SCHEMA: dict[str, Any] = {
             "type": "integer",
             "minimum": 1,
             "description": "Accepted for Osiris compatibility and ignored: the writer streams batches.",
+            IGNORED_KEYWORD: "accepted for Osiris compatibility; the writer streams batches",
         },
         "write_mode": {
             "enum": ["overwrite", "append"],

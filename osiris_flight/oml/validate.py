@@ -18,6 +18,10 @@ from osiris_flight.errors import Problem
 from osiris_flight.oml.loader import OmlDocument, RawStep
 from osiris_flight.oml.schema_errors import schema_problems, valid_choices_hint
 
+# A config property whose schema carries this keyword is accepted (Osiris pipelines set it) but has no
+# effect here; its value says why. validate and run name each one a pipeline sets.
+IGNORED_KEYWORD = "x-osiris-ignored"
+
 
 @dataclass(frozen=True)
 class ColumnUse:
@@ -344,3 +348,19 @@ def _locate(problem: Problem, doc: OmlDocument, step: RawStep) -> Problem:
         field=field or "config",
         line=line,
     )
+
+
+def ignored_config(steps: Sequence[Any], catalog: ComponentCatalog) -> list[str]:
+    """A note for each config key a step sets that its component accepts and ignores.
+
+    ``steps``: objects with ``id``, ``component`` and ``config`` (the manifest's StepSpecs).
+    """
+    notes = []
+    for step in steps:
+        spec = catalog.get(step.component)
+        properties = spec.config_schema.get("properties", {}) if spec is not None else {}
+        for key in step.config:
+            why = properties.get(key, {}).get(IGNORED_KEYWORD)
+            if why:
+                notes.append(f"step '{step.id}': config.{key} has no effect here ({why})")
+    return notes

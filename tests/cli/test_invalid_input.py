@@ -163,3 +163,14 @@ def test_resume_refuses_what_would_change_the_stored_manifest(tmp_path: Path) ->
     (tmp_path / "p.yaml").write_text(GOOD)
     result = osiris(["run", "p.yaml", "--resume", "0123456789ab", "--param", "x=1"], tmp_path)
     assert result.code == 2 and "PIPELINE, --param" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_config_keys_accepted_for_osiris_but_ignored_are_named(tmp_path: Path) -> None:
+    (tmp_path / "p.yaml").write_text(
+        GOOD.replace("config: {path: out.csv}", "config: {path: out.csv, chunk_size: 10}")
+    )
+    result = osiris(["validate", "p.yaml"], tmp_path)
+    assert result.code == 0
+    assert "note: step 'write': config.chunk_size has no effect here" in result.stderr
+    body = json.loads(osiris(["validate", "p.yaml", "--json"], tmp_path).stdout)
+    assert body["notes"] == [result.stderr.splitlines()[0].removeprefix("note: ")]

@@ -3,6 +3,9 @@ defaults, and a registry entry; plus the shared helpers they stand on."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -74,3 +77,15 @@ def test_rebatch_cuts_and_joins_batches() -> None:
     same = pa.record_batch({"x": [1, 2]})
     assert next(rebatch([same], 2)) is same
     assert list(rebatch([], 5)) == []
+
+
+def test_the_component_reference_in_the_docs_is_the_generated_one() -> None:
+    """docs/components.md embeds scripts/component_docs.py's output: a schema change without
+    regenerating it would leave the page describing keys that are not there (or missing new ones)."""
+    repo = Path(__file__).resolve().parents[2]
+    generated = subprocess.run(
+        [sys.executable, str(repo / "scripts/component_docs.py")], capture_output=True, text=True, check=True
+    ).stdout
+    assert generated.strip() in (repo / "docs/components.md").read_text(encoding="utf-8"), (
+        "regenerate the reference: .venv/bin/python scripts/component_docs.py"
+    )

@@ -14,6 +14,7 @@ from typing import Any
 
 from osiris_flight.components._common import SCHEMA_DIALECT, column_list_schema
 from osiris_flight.errors import Problem
+from osiris_flight.oml.validate import IGNORED_KEYWORD
 
 _CONNECTION = {
     "type": "string",
@@ -21,14 +22,24 @@ _CONNECTION = {
     "description": "Connection reference '@mysql.<alias>' from osiris_connections.yaml "
     "(host, port, database, user, password).",
 }
+_UNUSED = "accepted for Osiris compatibility; a task holds one connection, no pool"
 _IGNORED = {
     "pool_size": {
         "type": "integer",
         "minimum": 1,
         "description": "Accepted for Osiris compatibility; unused.",
+        IGNORED_KEYWORD: _UNUSED,
     },
-    "pool_recycle": {"type": "integer", "description": "Accepted for Osiris compatibility; unused."},
-    "echo": {"type": "boolean", "description": "Accepted for Osiris compatibility; unused."},
+    "pool_recycle": {
+        "type": "integer",
+        "description": "Accepted for Osiris compatibility; unused.",
+        IGNORED_KEYWORD: _UNUSED,
+    },
+    "echo": {
+        "type": "boolean",
+        "description": "Accepted for Osiris compatibility; unused.",
+        IGNORED_KEYWORD: "accepted for Osiris compatibility; statements are not echoed",
+    },
 }
 _NAME = {"type": "string", "minLength": 1}
 
