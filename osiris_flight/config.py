@@ -16,6 +16,9 @@ engine:
   optimize: true            # push filters and column lists into MySQL reads (docs/optimizer.md)
 cluster:
   coordinator: null         # tcp://host:port of a running osiris-coordinator; null = embedded cluster
+  curve_secret_key: null    # CurveZMQ (docs/running.md): this process's NAME.key_secret
+  curve_server_key: null    # workers and clients: the coordinator's public NAME.key
+  curve_authorized_keys: null  # coordinator: directory of the public keys it accepts
 run_logs: run_logs
 connections_file: null      # default: $OSIRIS_CONNECTIONS_FILE, then ./osiris_connections.yaml
 plugins: []                 # modules with extra COMPONENTS
@@ -59,6 +62,11 @@ class EngineConfig:
 @dataclass(frozen=True)
 class ClusterConfig:
     coordinator: str | None = None
+    # CurveZMQ key files (cluster/curve.py): this process's NAME.key_secret, the coordinator's
+    # public NAME.key (workers, clients), the directory of accepted public keys (coordinator).
+    curve_secret_key: str | None = None
+    curve_server_key: str | None = None
+    curve_authorized_keys: str | None = None
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,9 @@ import sys
 # aarch64 machines this runs on, and copying every batch to align it would cost a memcpy per batch.
 os.environ.setdefault("ACERO_ALIGNMENT_HANDLING", "ignore")
 
+from collections.abc import Callable
+from typing import TypeVar
+
 import click
 
 from osiris_flight.config import Config, load_config
@@ -24,11 +27,21 @@ from osiris_flight.runtime import allocator
 # Before pyarrow allocates anything: the pool is picked on first use (runtime/allocator.py says why).
 allocator.choose_arrow_pool()
 
+T = TypeVar("T")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s"
 
 
 def _logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+
+
+def _or_exit(make: Callable[[], T]) -> T:
+    """``make()``, or a one-line error and exit code 2 when the user's input (keys, config) is bad."""
+    try:
+        return make()
+    except InvalidInput as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
 
 
 def _config(path: str | None) -> Config:
@@ -50,6 +63,9 @@ def _config(path: str | None) -> Config:
 @click.option("--spill-dir", default=None)
 @click.option("--parent-pid", type=int, default=None, hidden=True)
 @click.option("--announce", is_flag=True, hidden=True, help="print READY <address> on stdout once bound")
+@click.option("--curve-secret-key", default=None, help="CURVE: the coordinator's NAME.key_secret file")
+@click.option("--curve-authorized-keys", default=None, help="CURVE: directory of the public keys it accepts")
+@click.option("--no-curve", is_flag=True, hidden=True, help="the embedded cluster: loopback, no CURVE")
 @click.option("--log-level", default="warning", show_default=True)
 def coordinator_main(
     config_path: str | None,
@@ -60,14 +76,23 @@ def coordinator_main(
     spill_dir: str | None,
     parent_pid: int | None,
     announce: bool,
+    curve_secret_key: str | None,
+    curve_authorized_keys: str | None,
+    no_curve: bool,
     log_level: str,
 ) -> None:
     """Run the coordinator: accepts workers and runs, schedules tasks."""
     from osiris_flight.cluster.coordinator import Coordinator, CoordinatorOptions
+    from osiris_flight.cluster.curve import curve_keys
 
     _logging(log_level)
     config = _config(config_path)
     engine = config.engine
+    curve = None
+    if not no_curve:
+        curve = _or_exit(
+            lambda: curve_keys(config.cluster, curve_secret_key, authorized_keys=curve_authorized_keys)
+        )
     options = CoordinatorOptions(
         bind=bind or config.cluster.coordinator or "tcp://127.0.0.1:5555",
         heartbeat_interval_s=engine.heartbeat_interval_s,
@@ -82,6 +107,7 @@ def coordinator_main(
         flight_compression=engine.flight_compression,
         shrink_batches=engine.shrink_batches,
         parent_pid=parent_pid,
+        curve=curve,
     )
 
     def ready(address: str) -> None:
@@ -89,7 +115,7 @@ def coordinator_main(
             print(f"READY {address}", flush=True)
         logging.getLogger("osiris_flight.coordinator").info("listening on %s", address)
 
-    sys.exit(Coordinator(options).serve(on_ready=ready))
+    sys.exit(_or_exit(lambda: Coordinator(options)).serve(on_ready=ready))
 
 
 @click.command("osiris-worker")
@@ -120,6 +146,8 @@ def coordinator_main(
     "--shrink-batches/--no-shrink-batches", default=None, help="hold batches in their smallest lossless form"
 )
 @click.option("--parent-pid", type=int, default=None, hidden=True)
+@click.option("--curve-secret-key", default=None, help="CURVE: this worker's NAME.key_secret file")
+@click.option("--curve-server-key", default=None, help="CURVE: the coordinator's public NAME.key file")
 @click.option("--log-level", default="warning", show_default=True)
 def worker_main(
     config_path: str | None,
@@ -135,9 +163,12 @@ def worker_main(
     heartbeat_interval: float | None,
     shrink_batches: bool | None,
     parent_pid: int | None,
+    curve_secret_key: str | None,
+    curve_server_key: str | None,
     log_level: str,
 ) -> None:
     """Run a worker: joins a coordinator, runs tasks, serves outputs over Arrow Flight."""
+    from osiris_flight.cluster.curve import client_keys, curve_keys
     from osiris_flight.cluster.worker import Worker, WorkerOptions
 
     _logging(log_level)
@@ -151,6 +182,9 @@ def worker_main(
             err=True,
         )
         sys.exit(2)
+    curve = _or_exit(lambda: curve_keys(config.cluster, curve_secret_key, curve_server_key))
+    if curve is not None:
+        _or_exit(lambda: client_keys(curve))
     options = WorkerOptions(
         coordinator=address,
         worker_id=worker_id,
@@ -164,6 +198,7 @@ def worker_main(
         heartbeat_interval_s=heartbeat_interval or engine.heartbeat_interval_s,
         shrink_batches=engine.shrink_batches if shrink_batches is None else shrink_batches,
         parent_pid=parent_pid,
+        curve=curve,
     )
     sys.exit(Worker(options).run())
 

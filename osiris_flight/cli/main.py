@@ -16,6 +16,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 from rich.console import Console
 
+from osiris_flight.cli.keys import keys
 from osiris_flight.config import Config, load_config, with_overrides
 from osiris_flight.errors import (
     EXIT_INTERRUPTED,
@@ -412,6 +413,7 @@ def logs(run_id: str, run_logs: str | None, config_path: str | None, as_json: bo
 
 
 cli.add_command(__import__("osiris_flight.cli.connections", fromlist=["connections"]).connections)
+cli.add_command(keys)
 
 
 def main() -> None:

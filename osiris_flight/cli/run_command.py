@@ -17,6 +17,7 @@ from rich.markup import escape
 from osiris_flight import protocol as p
 from osiris_flight.cli.progress import ProgressView, StepView, print_summary
 from osiris_flight.cluster.client import Client
+from osiris_flight.cluster.curve import curve_keys
 from osiris_flight.cluster.local import LocalCluster
 from osiris_flight.components.registry import build_registry
 from osiris_flight.config import Config
@@ -107,7 +108,9 @@ def execute(config: Config, request: RunRequest, console: Console) -> RunOutcome
         address = request.cluster or local.start()  # type: ignore[union-attr]
         if interrupted.is_set():
             return RunOutcome(run_id, "cancelled", "interrupted before the run started", {}, EXIT_INTERRUPTED)
-        with Client(address) as client:
+        # CURVE only towards a cluster given by address: the embedded one listens on loopback.
+        curve = curve_keys(config.cluster) if request.cluster else None
+        with Client(address, curve=curve) as client:
             return _follow(client, submit, manifest, request, console, interrupted)
     finally:
         if local is not None:

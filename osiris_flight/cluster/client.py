@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import zmq
 
 from osiris_flight import protocol as p
+from osiris_flight.cluster.curve import CurveKeys, secure_client
 from osiris_flight.errors import OsirisFlightError
 
 
@@ -17,12 +18,15 @@ class CoordinatorUnreachable(OsirisFlightError):
 
 
 class Client:
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, curve: CurveKeys | None = None) -> None:
         self.address = address
+        self.curve = curve
         self._zmq = zmq.Context()
         self.sock = self._zmq.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 500)
         self.sock.setsockopt_string(zmq.IDENTITY, f"client-{uuid.uuid4().hex[:10]}")
+        if curve is not None:
+            secure_client(self.sock, curve)
         self.sock.connect(address)
 
     def close(self) -> None:
@@ -38,6 +42,18 @@ class Client:
     def send(self, message: p.Message) -> None:
         self.sock.send(p.encode(message))
 
+    def _silence_hint(self) -> str:
+        # A CURVE handshake that fails is silent by design: say what to check.
+        if self.curve is None:
+            return (
+                "is it running there? a coordinator that requires CURVE keys ignores a client without "
+                "them: set cluster.curve_secret_key and cluster.curve_server_key in osiris.yaml"
+            )
+        return (
+            "is it running there? with CURVE, its authorized keys must hold this client's public key "
+            "and cluster.curve_server_key must be the coordinator's public key"
+        )
+
     def receive(self, timeout_s: float) -> p.Message | None:
         if not self.sock.poll(int(timeout_s * 1000)):
             return None
@@ -50,7 +66,9 @@ class Client:
             message = self.receive(deadline - time.monotonic())
             if isinstance(message, p.ClusterStatus):
                 return message
-        raise CoordinatorUnreachable(f"no answer from the coordinator at {self.address} in {timeout_s:.0f} s")
+        raise CoordinatorUnreachable(
+            f"no answer from the coordinator at {self.address} in {timeout_s:.0f} s ({self._silence_hint()})"
+        )
 
     def wait_for_workers(self, count: int, timeout_s: float = 60.0) -> p.ClusterStatus:
         deadline = time.monotonic() + timeout_s
@@ -83,7 +101,9 @@ class Client:
             now = time.monotonic()
             if message is None:
                 if not accepted and now > deadline:
-                    raise CoordinatorUnreachable(f"the coordinator at {self.address} did not accept the run")
+                    raise CoordinatorUnreachable(
+                        f"the coordinator at {self.address} did not accept the run ({self._silence_hint()})"
+                    )
                 if accepted and now - last_heard > silence_limit_s:
                     raise CoordinatorUnreachable(
                         f"the coordinator at {self.address} stopped answering during run {submit.run_id}; "

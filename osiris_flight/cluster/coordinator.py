@@ -23,6 +23,7 @@ import zmq
 
 from osiris_flight import protocol as p
 from osiris_flight.cluster import scheduler as s
+from osiris_flight.cluster.curve import CurveKeys, secure_server
 from osiris_flight.cluster.run_tracker import RunTracker
 from osiris_flight.errors import InvalidInput, ProtocolError
 from osiris_flight.oml.model import Manifest, Plan, parse_task_id
@@ -48,6 +49,7 @@ class CoordinatorOptions:
     shrink_batches: bool = True
     parent_pid: int | None = None
     max_respawns: int = 16
+    curve: CurveKeys | None = None  # CURVE-encrypted and authenticated control plane (curve.py)
 
 
 @dataclass
@@ -90,6 +92,7 @@ class Coordinator:
         self.sock = self._zmq.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 1000)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self._authenticator = secure_server(self._zmq, self.sock, options.curve) if options.curve else None
         self.sock.bind(options.bind)
         self.address = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.poller = zmq.Poller()
@@ -157,6 +160,8 @@ class Coordinator:
         if self._shutdown_requested_by is not None:
             self._send(self._shutdown_requested_by, p.Shutdown("coordinator stopped"))
         self.sock.close(linger=500)
+        if self._authenticator is not None:
+            self._authenticator.stop()
         self._zmq.term()
 
     def _parent_gone(self) -> bool:
@@ -190,6 +195,8 @@ class Coordinator:
         ]
         if o.spill_dir:
             cmd += ["--spill-dir", o.spill_dir]
+        if o.curve is not None:  # its own workers hold the coordinator's keypair, always accepted
+            cmd += ["--curve-secret-key", o.curve.secret_key, "--curve-server-key", o.curve.secret_key]
         process = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent
         )

@@ -44,6 +44,7 @@ class LocalCluster:
             "--parent-pid",
             str(os.getpid()),
             "--announce",
+            "--no-curve",  # loopback only; osiris.yaml's cluster.curve_* are for a remote cluster
             "--log-level",
             self.log_level,
         ]

@@ -34,6 +34,7 @@ import pyarrow as pa
 import zmq
 
 from osiris_flight import protocol as p
+from osiris_flight.cluster.curve import CurveKeys, secure_client
 from osiris_flight.components.base import Cancelled
 from osiris_flight.components.registry import build_registry
 from osiris_flight.data.batch_store import BatchStore
@@ -64,6 +65,7 @@ class WorkerOptions:
     heartbeat_interval_s: float = 1.0
     register_timeout_s: float = 30.0
     parent_pid: int | None = None
+    curve: CurveKeys | None = None  # the coordinator requires CURVE (curve.py)
 
 
 class Worker:
@@ -115,6 +117,8 @@ class Worker:
         sock = self._zmq.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 1000)
         sock.setsockopt_string(zmq.IDENTITY, self.worker_id)
+        if self.options.curve is not None:
+            secure_client(sock, self.options.curve)
         sock.connect(self.options.coordinator)
         inbox = self._zmq.socket(zmq.PULL)
         inbox.bind(self._inbox_addr)
@@ -166,7 +170,13 @@ class Worker:
                     return False
             if self._parent_gone():
                 return False
-        log.error("no answer from coordinator %s", self.options.coordinator)
+        log.error(
+            "no answer from coordinator %s%s",
+            self.options.coordinator,
+            " (with CURVE: is this worker's public key in the coordinator's authorized keys?)"
+            if self.options.curve
+            else "",
+        )
         return False
 
     def _loop(self, sock: zmq.Socket, inbox: zmq.Socket) -> int:
