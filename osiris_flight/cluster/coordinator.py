@@ -25,7 +25,7 @@ from osiris_flight import protocol as p
 from osiris_flight.cluster import scheduler as s
 from osiris_flight.cluster.curve import CurveKeys, secure_server
 from osiris_flight.cluster.run_tracker import RunTracker
-from osiris_flight.errors import InvalidInput, ProtocolError
+from osiris_flight.errors import InvalidInput, Problem, ProtocolError
 from osiris_flight.oml.model import Manifest, Plan, parse_task_id
 from osiris_flight.runs.journal import JournalError, read_journal
 from osiris_flight.runs.rundir import RunDir, find_run
@@ -93,7 +93,18 @@ class Coordinator:
         self.sock.setsockopt(zmq.LINGER, 1000)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self._authenticator = secure_server(self._zmq, self.sock, options.curve) if options.curve else None
-        self.sock.bind(options.bind)
+        try:
+            self.sock.bind(options.bind)
+        except zmq.ZMQError as exc:
+            self.sock.close(linger=0)
+            if self._authenticator is not None:
+                self._authenticator.stop()
+            self._zmq.term()
+            raise InvalidInput(
+                Problem(
+                    f"cannot listen on {options.bind}: {exc}", field="--bind", hint="e.g. tcp://0.0.0.0:5555"
+                )
+            ) from None
         self.address = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.poller = zmq.Poller()
         self.poller.register(self.sock, zmq.POLLIN)

@@ -140,8 +140,12 @@ def create_keypair(directory: str | Path, name: str) -> tuple[Path, Path]:
                 Problem("a key file of that name exists", file=str(existing), hint="pick another NAME")
             )
     folder.mkdir(parents=True, exist_ok=True)
-    public, secret = zmq.auth.create_certificates(str(folder), name)
-    os.chmod(secret, 0o600)
+    umask = os.umask(0o077)  # the secret file is never readable by others, not even for a moment
+    try:
+        public, secret = zmq.auth.create_certificates(str(folder), name)
+    finally:
+        os.umask(umask)
+    os.chmod(public, 0o644)
     return Path(public), Path(secret)
 
 

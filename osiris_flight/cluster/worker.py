@@ -119,10 +119,18 @@ class Worker:
         sock.setsockopt_string(zmq.IDENTITY, self.worker_id)
         if self.options.curve is not None:
             secure_client(sock, self.options.curve)
-        sock.connect(self.options.coordinator)
         inbox = self._zmq.socket(zmq.PULL)
         inbox.bind(self._inbox_addr)
         try:
+            try:
+                sock.connect(self.options.coordinator)
+            except zmq.ZMQError as exc:
+                log.error(
+                    "cannot connect to coordinator %s: %s (e.g. tcp://host:5555)",
+                    self.options.coordinator,
+                    exc,
+                )
+                return 2
             if not self._register(sock):
                 return 3
             return self._loop(sock, inbox)

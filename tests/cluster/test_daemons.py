@@ -124,3 +124,30 @@ def test_worker_that_misses_heartbeats_is_declared_dead_and_its_task_reruns(tmp_
             except subprocess.TimeoutExpired:
                 d.kill()
                 d.wait()
+
+
+def test_bad_addresses_are_clear_errors(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        coordinator = subprocess.run(
+            [str(BIN / "osiris-coordinator"), "--bind", f"tcp://127.0.0.1:{port}"],
+            cwd=tmp_path,
+            env=cli_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert coordinator.returncode == 2
+    assert "cannot listen on" in coordinator.stderr and "Address already in use" in coordinator.stderr
+    worker = subprocess.run(
+        [str(BIN / "osiris-worker"), "--coordinator", "tpc://127.0.0.1:5555"],
+        cwd=tmp_path,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert worker.returncode == 2 and "cannot connect to coordinator tpc://127.0.0.1:5555" in worker.stderr
+    assert "Traceback" not in coordinator.stderr + worker.stderr
