@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -142,6 +143,25 @@ def fmt(value: float, digits: int = 2) -> str:
     return f"{value:,.{digits}f}"
 
 
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend (files only, no display), imported when a plot is drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig: Any, path: Path) -> None:
+    """Lay out, write (110 dpi) and close a figure made with ``pyplot()``."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 # -- runs --------------------------------------------------------------------------------------------
 @dataclass
 class Compiled:
@@ -203,6 +223,31 @@ def submit(address: str, compiled: Compiled, run_logs: Path, batch_rows: int = 6
 def require_success(result: RunResult, what: str) -> None:
     if result.status != "success":
         raise SystemExit(f"{what}: run {result.status}: {result.error}")
+
+
+def cli_run(pipeline: Path, cwd: Path, timeout: float = 600) -> float:
+    """``osiris-flight run`` end to end (new processes, compile, cluster start, run, stop); its seconds."""
+    import subprocess
+
+    exe = Path(sys.executable).parent / "osiris-flight"
+    started = time.perf_counter()
+    proc = subprocess.run(
+        [str(exe), "run", str(pipeline), "--quiet", "--json", "--run-logs", str(cwd / "run_logs")],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"osiris-flight run failed ({proc.returncode}): {proc.stdout}\n{proc.stderr}")
+    return wall
+
+
+def rotate(items: Sequence[str], i: int) -> list[str]:
+    """``items`` rotated left by ``i``: round ``i``'s order (no variant always follows the same one)."""
+    k = i % len(items)
+    return [*items[k:], *items[:k]]
 
 
 def cpu_seconds(pids: Iterable[int]) -> dict[int, float]:

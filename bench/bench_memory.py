@@ -55,6 +55,8 @@ from _common import (
     fmt,
     machine,
     md_table,
+    pyplot,
+    save_figure,
     write_results,
 )
 
@@ -173,10 +175,7 @@ def measure(shape: str, pipeline: Path, workdir: Path, env: dict[str, str] | Non
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     shapes = list(results["runs"])
     fig, axes = plt.subplots(1, len(shapes), figsize=(6.5 * len(shapes), 4.4), squeeze=False, sharey=True)
@@ -195,9 +194,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
         ax.set_ylabel("MiB")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def markdown(results: dict[str, Any]) -> str:

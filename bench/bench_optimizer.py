@@ -30,10 +30,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (
-    MYSQL_HOST,
-    MYSQL_PASSWORD,
-    MYSQL_PORT,
-    MYSQL_USER,
     RESULTS,
     WORK,
     Compiled,
@@ -42,13 +38,16 @@ from _common import (
     machine,
     md_table,
     median,
+    pyplot,
     require_success,
+    save_figure,
     submit,
     write_results,
 )
+from _mysql_tables import conn_kwargs, connections_yaml, ensure_orders_table, server_version
 
 DATABASE = "osiris_bench_opt"
-TABLE_VERSION = 1
+TABLE_VERSION = 1  # in the table's comment: a new version rebuilds it
 BATCH_ROWS = 65536
 WHERE = "score < 1234.5"  # score is spread evenly over [0, 12344.6]: about 10% of the rows pass
 KEPT = ["id", "note"]
@@ -59,74 +58,12 @@ GOAL_LESS_TIME = 0.30  # at least 30% less time with the optimizer on
 def connect(database: str | None = DATABASE) -> Any:
     import pymysql
 
-    kwargs: dict[str, Any] = {
-        "host": MYSQL_HOST,
-        "port": MYSQL_PORT,
-        "user": MYSQL_USER,
-        "password": MYSQL_PASSWORD,
-    }
-    if database:
-        kwargs["database"] = database
-    return pymysql.connect(charset="utf8mb4", autocommit=True, **kwargs)
+    return pymysql.connect(**conn_kwargs(database), autocommit=True)
 
 
 def ensure_table(rows: int) -> dict[str, Any]:
     """Create the table once (server-side INSERT ... SELECT from seq_N_to_M); reuse it when it matches."""
-    table = f"orders7_{rows}"
-    comment = f"osiris-flight optimizer bench v{TABLE_VERSION} rows={rows}"
-    conn = connect(None)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(
-                f"CREATE DATABASE IF NOT EXISTS `{DATABASE}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
-            )
-            cur.execute(f"USE `{DATABASE}`")  # the SEQUENCE engine's seq_* tables need a database
-            cur.execute(
-                "SELECT TABLE_COMMENT FROM information_schema.TABLES WHERE TABLE_SCHEMA=%s AND TABLE_NAME=%s",
-                (DATABASE, table),
-            )
-            found = cur.fetchone()
-            if found and found[0] == comment:
-                cur.execute(f"SELECT MIN(id), MAX(id), COUNT(*) FROM `{table}`")
-                if cur.fetchone() == (1, rows, rows):
-                    return {"table": table, "created": False, "create_s": 0.0}
-            print(f"creating {DATABASE}.{table} ({rows:,} rows, server-side) ...", flush=True)
-            started = time.perf_counter()
-            cur.execute(f"DROP TABLE IF EXISTS `{table}`")
-            cur.execute(
-                f"""CREATE TABLE `{table}` (
-                    id BIGINT NOT NULL PRIMARY KEY,
-                    user_id INT NOT NULL,
-                    amount DECIMAL(12,2) NOT NULL,
-                    created_at DATETIME(6) NOT NULL,
-                    status VARCHAR(16) NOT NULL,
-                    note VARCHAR(64) NULL,
-                    score DOUBLE NOT NULL
-                ) ENGINE=InnoDB COMMENT='building'"""
-            )
-            step = 1_000_000  # one statement per million rows keeps the undo log small
-            for low in range(1, rows + 1, step):
-                high = min(rows, low + step - 1)
-                cur.execute(
-                    f"""INSERT INTO `{table}`
-                    SELECT seq,
-                           (seq * 7919) % 1000003,
-                           ((seq * 104729) % 10000000) / 100,
-                           TIMESTAMP('2024-01-01') + INTERVAL (seq * 6311007) MICROSECOND,
-                           ELT(1 + seq % 5, 'new', 'paid', 'shipped', 'cancelled', 'refunded'),
-                           IF(seq % 10 = 0, NULL,
-                              CONCAT('order ', seq, ' for customer ', (seq * 7919) % 1000003)),
-                           (seq % 99991) * 0.123456789e0
-                    FROM seq_{low}_to_{high}"""
-                )
-            cur.execute(f"ALTER TABLE `{table}` COMMENT=%s", (comment,))
-            cur.execute(f"ANALYZE TABLE `{table}`")
-            cur.fetchall()
-            took = time.perf_counter() - started
-            print(f"created {DATABASE}.{table} in {took:.1f} s", flush=True)
-            return {"table": table, "created": True, "create_s": took}
-    finally:
-        conn.close()
+    return ensure_orders_table(DATABASE, rows, f"osiris-flight optimizer bench v{TABLE_VERSION} rows={rows}")
 
 
 def result_mb(query: str, columns: list[str]) -> float:
@@ -140,16 +77,6 @@ def result_mb(query: str, columns: list[str]) -> float:
         with conn.cursor() as cur:
             cur.execute(f"SELECT COALESCE(SUM(4 + {per_row}), 0) FROM ({query}) AS q")
             return int(cur.fetchone()[0]) / 1e6
-    finally:
-        conn.close()
-
-
-def server_version() -> str:
-    conn = connect(None)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT VERSION()")
-            return str(cur.fetchone()[0])
     finally:
         conn.close()
 
@@ -247,10 +174,7 @@ def summarize(runs: list[dict[str, Any]], compiled: Compiled) -> dict[str, Any]:
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     off, on = results["off"], results["on"]
     labels = ["optimizer off\n(SELECT *, filter in the engine)", "optimizer on\n(WHERE + 2 columns in MySQL)"]
@@ -305,9 +229,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
         f"{results['machine']['date_utc']}",
         fontsize=9,
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -369,12 +291,7 @@ def main() -> None:
     shutil.rmtree(work, ignore_errors=True)
     (work / "out").mkdir(parents=True)
     connections = work / "osiris_connections.yaml"
-    connections.write_text(
-        "version: 1\nconnections:\n  mysql:\n    bench:\n"
-        f"      host: {MYSQL_HOST}\n      port: {MYSQL_PORT}\n      database: {DATABASE}\n"
-        f'      user: {MYSQL_USER}\n      password: "{MYSQL_PASSWORD}"\n',
-        encoding="utf-8",
-    )
+    connections.write_text(connections_yaml(DATABASE), encoding="utf-8")
     os.environ["OSIRIS_CONNECTIONS_FILE"] = str(connections)  # read by submit's resolve_connections
     compiled = compile_variants(made["table"], work)
     runs = measure(compiled, work, args.repeats)

@@ -42,8 +42,10 @@ from _common import (
     md_table,
     median,
     percentiles,
+    pyplot,
     require_success,
     run_in_process,
+    save_figure,
     submit,
     write_results,
 )
@@ -180,12 +182,9 @@ def run_shape(
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
+    plt = pyplot()
     shapes = results["shapes"]
     fig, axes = plt.subplots(1, len(shapes), figsize=(6 * len(shapes), 4.2), squeeze=False)
     labels = {
@@ -206,9 +205,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
     fig.suptitle(f"Per-task latency CDFs from events.jsonl ({results['config']})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def spread(mid: float, values: list[float]) -> str:

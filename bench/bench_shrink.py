@@ -11,13 +11,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 import pyarrow as pa
-from _common import RESULTS, fmt, machine, md_table, median, write_results
+from _common import RESULTS, fmt, machine, md_table, median, pyplot, save_figure, write_results
 
 from osiris_flight.data.batch_store import BatchStore
 
@@ -100,12 +96,12 @@ def main() -> None:
     write_results(
         "shrink", {"machine": m, "rows": ROWS, "runs": runs, "summary": summary, "saving": saving}, markdown
     )
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3))
     ax.bar(list(summary), [s["held_bytes"] / 2**20 for s in summary.values()], color=["#999", "#2a7"])
     ax.set_ylabel("MiB held")
     ax.set_title(f"Batch store, {ROWS / 1e6:.0f}M events rows: {saving:.0%} less")
-    fig.tight_layout()
-    fig.savefig(RESULTS / "shrink.png", dpi=110)
+    save_figure(fig, RESULTS / "shrink.png")
     print(markdown)
 
 

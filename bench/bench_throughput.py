@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ from _common import (
     RESULTS,
     WORK,
     Compiled,
+    cli_run,
     compile_file,
     cpu_seconds,
     ensure_csv,
@@ -43,8 +43,11 @@ from _common import (
     machine,
     md_table,
     median,
+    pyplot,
     require_success,
+    rotate,
     run_in_process,
+    save_figure,
     submit,
     write_results,
 )
@@ -143,23 +146,6 @@ def timed(fn: Any, *args: Any) -> tuple[float, Any]:
     return time.perf_counter() - started, value
 
 
-def cli_run(pipeline: Path, cwd: Path) -> float:
-    """``osiris-flight run`` end to end (new processes, compile, cluster start, run, stop)."""
-    exe = Path(sys.executable).parent / "osiris-flight"
-    started = time.perf_counter()
-    proc = subprocess.run(
-        [str(exe), "run", str(pipeline), "--quiet", "--json", "--run-logs", str(cwd / "run_logs")],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    wall = time.perf_counter() - started
-    if proc.returncode != 0:
-        raise SystemExit(f"osiris-flight run failed ({proc.returncode}): {proc.stdout}\n{proc.stderr}")
-    return wall
-
-
 def measure(
     name: str,
     compiled: Compiled,
@@ -181,7 +167,7 @@ def measure(
     variants = ["engine", *scripts]
     for i in range(repeats):
         line = f"  {name} #{i + 1}:"
-        for key in variants[i % len(variants) :] + variants[: i % len(variants)]:
+        for key in rotate(variants, i):
             os.sync()
             if key == "engine":
                 before = cpu_seconds(pids)
@@ -223,10 +209,7 @@ def measure(
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(9, 4.2))
     labels: list[str] = []
@@ -252,9 +235,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("million source rows / s (median)")
     ax.set_title(f"Throughput, {results['rows'] / 1e6:.0f}M-row CSV ({results['csv_mb']:.0f} MB)")
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def markdown(results: dict[str, Any]) -> str:
