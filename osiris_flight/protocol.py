@@ -20,7 +20,9 @@ import msgpack
 
 from osiris_flight.errors import ProtocolError
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
+# Retired: TaskFinished.spills (v2). Since v3 a spill is reported when it happens (OutputSpilled):
+# an output usually spills after its task finished, when newer outputs need the memory.
 
 _REGISTRY: dict[str, type[Message]] = {}
 
@@ -150,7 +152,7 @@ class TaskCheckpoint(Message):
 
 @dataclass(frozen=True)
 class TaskFinished(Message):
-    """``steps`` maps step id to its counters; ``spills`` lists spill events of the task's output."""
+    """``steps`` maps step id to its counters."""
 
     op: ClassVar[str] = "task_finished"
     run_id: str
@@ -162,7 +164,21 @@ class TaskFinished(Message):
     steps: dict[str, dict[str, Any]]
     output_rows: int = 0
     output_bytes: int = 0
-    spills: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class OutputSpilled(Message):
+    """Part of a task attempt's output moved from memory to a spill file, during or after the task:
+    ``bytes`` written to disk, ``batches`` moved, ``memory_before`` bytes the store held before."""
+
+    op: ClassVar[str] = "output_spilled"
+    run_id: str
+    task_id: str
+    attempt: int
+    worker_id: str
+    bytes: int
+    batches: int
+    memory_before: int
 
 
 @dataclass(frozen=True)

@@ -25,12 +25,17 @@ from osiris_flight import protocol as p
 from osiris_flight.cluster import scheduler as s
 from osiris_flight.cluster.curve import CurveKeys, secure_server
 from osiris_flight.cluster.run_tracker import RunTracker
-from osiris_flight.errors import InvalidInput, Problem, ProtocolError
+from osiris_flight.errors import InvalidInput, Problem, ProtocolError, UpstreamLost
 from osiris_flight.oml.model import Manifest, Plan, parse_task_id
 from osiris_flight.runs.journal import JournalError, read_journal
 from osiris_flight.runs.rundir import RunDir, find_run
 
 log = logging.getLogger("osiris_flight.coordinator")
+# A resumed run numbers its attempts from 1 + this x the runs before it (1001, 2001, ...): a task
+# of an earlier incarnation still being cancelled on some worker can then never be taken for a new
+# attempt (same worker-side key, same temporary file name). No task reaches 1,000 attempts:
+# max_attempts and the scheduler's disturbance limit bound them far below.
+RESUME_ATTEMPT_STRIDE = 1000
 
 
 @dataclass(frozen=True)
@@ -282,6 +287,10 @@ class Coordinator:
             case p.TaskCheckpoint():
                 if (run := self.runs.get(message.run_id)) and self._is_current(message):
                     run.tracker.task_checkpoint(message)
+            case p.OutputSpilled():
+                # Any attempt's output, finished or not: the disk it took is real either way.
+                if run := self.runs.get(message.run_id):
+                    run.tracker.output_spilled(message)
             case p.TaskFinished():
                 if (run := self.runs.get(message.run_id)) and self._is_current(message):
                     run.tracker.task_finished(message)
@@ -302,6 +311,7 @@ class Coordinator:
                         message.error,
                         message.transient,
                         time.monotonic(),
+                        upstream_lost=message.error_type == UpstreamLost.__name__,
                     )
                 )
             case p.Goodbye():
@@ -391,6 +401,7 @@ class Coordinator:
             root = Path(msg.run_logs)
             committed: dict[str, dict[str, Any]] = {}
             checkpoints: dict[str, dict[str, Any]] = {}
+            first_attempt = 1
             if msg.resume:
                 run_dir = find_run(root, msg.run_id)
                 journal = read_journal(run_dir.journal)
@@ -401,6 +412,7 @@ class Coordinator:
                     )
                 committed = journal.committed
                 checkpoints = journal.checkpoints
+                first_attempt = 1 + RESUME_ATTEMPT_STRIDE * journal.attempts
             else:
                 run_dir = RunDir.create(root, manifest.name, msg.run_id)
                 run_dir.manifest.write_text(manifest.to_json(), encoding="utf-8")
@@ -431,7 +443,9 @@ class Coordinator:
             tracker, client, manifest, plan, msg.connections, batch_rows=msg.batch_rows
         )
         instructions = self.scheduler.handle(
-            s.RunSubmitted(msg.run_id, plan, time.monotonic(), msg.max_attempts, frozenset(committed))
+            s.RunSubmitted(
+                msg.run_id, plan, time.monotonic(), msg.max_attempts, frozenset(committed), first_attempt
+            )
         )
         skipped = sorted(
             t.task_id

@@ -248,6 +248,19 @@ class RunTracker:
         self.journal.checkpoint(msg.task_id, msg.token, msg.sink_state, msg.rows)
         self.telemetry.event("checkpoint", task_id=msg.task_id, attempt=msg.attempt, rows=msg.rows)
 
+    def output_spilled(self, msg: p.OutputSpilled) -> None:
+        self.spilled_bytes += msg.bytes
+        self.telemetry.event(
+            "spill",
+            task_id=msg.task_id,
+            attempt=msg.attempt,
+            worker_id=msg.worker_id,
+            bytes=msg.bytes,
+            batches=msg.batches,
+            memory_before=msg.memory_before,
+        )
+        self.telemetry.metric("bytes_spilled", msg.bytes, task_id=msg.task_id)
+
     def task_finished(self, msg: p.TaskFinished) -> None:
         stage = self.plan.stage(parse_task_id(msg.task_id)[0])
         duration_ms = round((msg.finished_at - msg.started_at) * 1000, 1)
@@ -263,10 +276,6 @@ class RunTracker:
             steps=msg.steps,
         )
         self.telemetry.metric("task_duration_ms", duration_ms, task_id=msg.task_id)
-        for spill in msg.spills:
-            self.spilled_bytes += int(spill.get("bytes", 0))
-            self.telemetry.event("spill", task_id=msg.task_id, worker_id=msg.worker_id, **spill)
-            self.telemetry.metric("bytes_spilled", int(spill.get("bytes", 0)), task_id=msg.task_id)
         for step_id, counters in msg.steps.items():
             sp = self.steps[step_id]
             sp.rows_by_task[msg.task_id] = int(counters.get("rows", 0))

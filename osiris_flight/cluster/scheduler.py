@@ -61,6 +61,9 @@ class RunSubmitted:
     now: float
     max_attempts: int = 3
     committed: frozenset[str] = frozenset()
+    # Attempts are numbered from here: a resumed run starts past every attempt of its earlier
+    # incarnations, which a worker may still be winding down (see coordinator.RESUME_ATTEMPT_STRIDE).
+    first_attempt: int = 1
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,9 @@ class TaskFailed:
     error: str
     transient: bool
     now: float
+    # The task lost an input it was reading (UpstreamLost): its producer's worker may be dying, which
+    # only the heartbeat limit will tell; not the task's own failure.
+    upstream_lost: bool = False
 
 
 @dataclass(frozen=True)
@@ -268,7 +274,9 @@ class Scheduler:
         for stage in ev.plan.stages:
             deps = tuple(t for src in stage.inputs for t in ev.plan.stage(src).task_ids())
             for partition, tid in enumerate(stage.task_ids()):
-                tasks[tid] = TaskState(ev.run_id, tid, stage, partition, order, deps)
+                tasks[tid] = TaskState(
+                    ev.run_id, tid, stage, partition, order, deps, attempt=ev.first_attempt - 1
+                )
                 order += 1
         consumers: dict[str, list[str]] = {tid: [] for tid in tasks}
         for t in tasks.values():
@@ -305,6 +313,8 @@ class Scheduler:
         t.released = False
         if t.has_output and not t.consumers:
             self._release(t, out)
+        elif t.has_output:
+            self._maybe_release(t, out)  # its consumers may all have finished reading already
         for dep in t.deps:
             self._maybe_release(run.tasks[dep], out)
         self._check_run_done(run, out)
@@ -318,6 +328,9 @@ class Scheduler:
         self._set_status(run, t, Status.FAILED)
         if t.has_output:
             out.append(Release(t.run_id, t.task_id, t.attempt, ev.worker_id))
+        if ev.upstream_lost:
+            self._input_lost(run, t, ev, out)
+            return
         if not ev.transient:
             self._fail_run(run, ev.error, t.task_id, out)
             return
@@ -333,6 +346,26 @@ class Scheduler:
         t.not_before = ev.now + delay
         t.avoid_worker = ev.worker_id
         out.append(Retry(t.run_id, t.task_id, t.attempt, ev.error, delay, counted=True))
+        self._disturb_consumers(run, t, f"input {t.task_id} failed", out)
+
+    def _input_lost(self, run: RunState, t: TaskState, ev: TaskFailed, out: list[Instruction]) -> None:
+        """Retry a task whose input vanished without counting a failure, after a growing pause: if
+        the producer's worker died, its loss is declared within the heartbeat limit and the input
+        recomputed (the retry then waits for it); bounded by ``max_disturbances``."""
+        t.disturbances += 1
+        if t.disturbances > run.max_disturbances:
+            self._fail_run(
+                run,
+                f"task {t.task_id} lost its input {t.disturbances} times; last: {ev.error}",
+                t.task_id,
+                out,
+            )
+            return
+        delay = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (t.disturbances - 1))
+        self._set_status(run, t, Status.PENDING)
+        t.worker = None
+        t.not_before = ev.now + delay
+        out.append(Retry(t.run_id, t.task_id, t.attempt, ev.error, delay, counted=False))
         self._disturb_consumers(run, t, f"input {t.task_id} failed", out)
 
     def _worker_lost(self, ev: WorkerLost, out: list[Instruction]) -> None:

@@ -24,7 +24,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,11 +37,12 @@ from osiris_flight import protocol as p
 from osiris_flight.cluster.curve import CurveKeys, secure_client
 from osiris_flight.components.base import Cancelled
 from osiris_flight.components.registry import build_registry
-from osiris_flight.data.batch_store import BatchStore
+from osiris_flight.data.batch_store import BatchStore, SpillEvent
 from osiris_flight.data.flight_io import FlightClientPool, FlightDataServer
 from osiris_flight.data.rowstream import RowStream
-from osiris_flight.errors import TerminalError, is_transient
+from osiris_flight.errors import ProtocolError, TerminalError, is_transient
 from osiris_flight.oml.model import parse_task_id
+from osiris_flight.oml.model import task_id as make_task_id
 from osiris_flight.redaction import scrub
 from osiris_flight.runtime.task_runner import TaskRun, TaskSpec, run_task
 
@@ -91,7 +92,6 @@ class Worker:
         self.clients = FlightClientPool()
         self.registry = build_registry()
         self.tasks: dict[tuple[str, str, int], TaskRun] = {}
-        self._spills: dict[tuple[str, str, int], list[dict[str, object]]] = {}
         self._stop = threading.Event()
         self._rejoin = False
         # Task threads are reused (starting a thread per task cost ~1 ms under load).
@@ -165,7 +165,11 @@ class Worker:
         deadline = time.monotonic() + self.options.register_timeout_s
         while time.monotonic() < deadline and not self._stop.is_set():
             if sock.poll(200):
-                message = p.decode(sock.recv())
+                try:
+                    message = p.decode(sock.recv())
+                except ProtocolError as exc:  # another version: nothing it says can be understood
+                    log.error("cannot join coordinator %s: %s", self.options.coordinator, exc)
+                    return False
                 if isinstance(message, p.Welcome):
                     for module in message.plugins:  # loading a module twice is a no-op
                         self.registry.load_module(module)
@@ -210,7 +214,12 @@ class Worker:
                         frame = sock.recv(zmq.NOBLOCK)
                     except zmq.Again:
                         break
-                    if not self._handle(p.decode(frame)):
+                    try:
+                        message = p.decode(frame)
+                    except ProtocolError as exc:
+                        log.error("leaving coordinator %s: %s", self.options.coordinator, exc)
+                        return 3
+                    if not self._handle(message):
                         return 0
                 if self._rejoin:
                     self._rejoin = False
@@ -298,7 +307,7 @@ class Worker:
         )
         task = TaskRun(spec)
         self.tasks[(msg.run_id, msg.task_id, msg.attempt)] = task
-        self._pool.submit(self._run_task, task, msg.inputs)
+        self._pool.submit(self._run_task, task, msg.inputs).add_done_callback(_log_escape)
 
     def _run_task(self, task: TaskRun, inputs: dict[str, list[dict[str, object]]]) -> None:
         spec = task.spec
@@ -357,7 +366,6 @@ class Worker:
                 result.steps,
                 result.output_rows,
                 result.output_bytes,
-                self._spills.pop((spec.run_id, spec.stage_id, spec.partition), []),
             )
         except BaseException as exc:  # a task must always report, whatever it raised
             if not isinstance(exc, Cancelled):
@@ -375,7 +383,23 @@ class Worker:
         finally:
             shutil.rmtree(work_dir, ignore_errors=True)
         self.tasks.pop(key, None)
-        send(reply)
+        try:
+            data = p.encode(reply)
+        except Exception as exc:  # a result the protocol cannot carry (a plugin's numpy count, a Path)
+            data = p.encode(
+                p.TaskFailed(
+                    spec.run_id,
+                    spec.task_id,
+                    spec.attempt,
+                    self.worker_id,
+                    error=f"the task's result cannot be reported: {exc}",
+                    error_type=type(exc).__name__,
+                    transient=False,
+                    step_id=task.current_step,
+                )
+            )
+        with contextlib.suppress(zmq.ZMQError):
+            push.send(data)
 
     def _push_socket(self) -> zmq.Socket:
         """This pool thread's socket to the main loop (ZeroMQ sockets must stay on one thread)."""
@@ -411,18 +435,27 @@ class Worker:
 
         return RowStream(chain(), first.schema, name=name)
 
-    def _on_spill(self, event: object) -> None:
-        key = getattr(event, "key", None)
-        if key is None:
-            return
-        run_id, stage_id, partition, _attempt = key
-        self._spills.setdefault((run_id, stage_id, partition), []).append(
-            {
-                "bytes": int(getattr(event, "bytes_written_to_disk", 0)),
-                "batches": int(getattr(event, "batches", 0)),
-                "memory_before": int(getattr(event, "bytes_in_memory_before", 0)),
-            }
+    def _on_spill(self, event: SpillEvent) -> None:
+        """Report a spill when it happens (on the thread that caused it, often not the spilled
+        output's own task: a finished output is spilled when a newer one needs the memory)."""
+        run_id, stage_id, partition, attempt = event.key
+        spilled = p.OutputSpilled(
+            run_id,
+            make_task_id(stage_id, partition),
+            attempt,
+            self.worker_id,
+            event.bytes_written_to_disk,
+            event.batches,
+            event.bytes_in_memory_before,
         )
+        with contextlib.suppress(zmq.ZMQError):
+            self._push_socket().send(p.encode(spilled))
+
+
+def _log_escape(future: Future[None]) -> None:
+    """_run_task reports whatever its task raises; anything escaping it is a bug, logged loudly."""
+    if not future.cancelled() and (exc := future.exception()) is not None:
+        log.error("task thread failed without reporting", exc_info=exc)
 
 
 def _describe(exc: BaseException) -> str:

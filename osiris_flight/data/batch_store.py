@@ -19,7 +19,6 @@ Spill I/O runs outside that lock (readers are never held up by disk writes), ser
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import itertools
 import re
 import shutil
@@ -81,10 +80,6 @@ class SpillEvent:
     bytes_in_memory_before: int
     bytes_written_to_disk: int
     path: Path
-
-    def to_dict(self) -> dict[str, Any]:
-        """A msgpack-friendly form (for ``TaskFinished.spills``)."""
-        return {**dataclasses.asdict(self), "key": list(self.key), "path": str(self.path)}
 
 
 @dataclass(frozen=True)

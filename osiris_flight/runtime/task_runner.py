@@ -96,7 +96,8 @@ class TaskRun:
     secrets: set[str] = field(default_factory=set)
 
     def progress(self) -> dict[str, dict[str, int]]:
-        return {step: c.to_dict() for step, c in self.counters.items()}
+        # Read by the worker's main thread while the task thread adds counters: iterate a snapshot.
+        return {step: c.to_dict() for step, c in list(self.counters.items())}
 
 
 InputFactory = Callable[[str], RowStream]

@@ -23,7 +23,8 @@ def test_every_message_round_trips() -> None:
         p.Heartbeat("w1", ["r/t#1"], 10, 20, 30),
         p.TaskStarted("r", "s0.p0", 1, "w1", 1.5),
         p.TaskProgress("r", "s0.p0", 1, {"a": {"rows": 3}}, 99),
-        p.TaskFinished("r", "s0.p0", 1, "w1", 1.0, 2.0, {"a": {"rows": 3}}, 3, 24, [{"bytes": 5}]),
+        p.TaskFinished("r", "s0.p0", 1, "w1", 1.0, 2.0, {"a": {"rows": 3}}, 3, 24),
+        p.OutputSpilled("r", "s0.p0", 1, "w1", 5, 2, 9),
         p.TaskFailed("r", "s0.p0", 1, "w1", "boom", "TerminalError", False, "a"),
         p.AssignTask(
             "r",
@@ -106,3 +107,30 @@ def test_coordinator_rejects_a_peer_speaking_another_version() -> None:
         ctx.term()
         daemon.terminate()
         daemon.wait(timeout=10)
+
+
+def test_a_worker_refuses_a_coordinator_speaking_another_version() -> None:
+    """A real worker joining a (here hand-driven) coordinator of another version stops with a
+    clear log line and exit code 3, not a traceback."""
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    worker = subprocess.Popen(
+        [str(BIN / "osiris-worker"), "--coordinator", f"tcp://127.0.0.1:{port}", "--worker-id", "w"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert router.poll(30_000), "the worker never registered"
+        identity, frame = router.recv_multipart()
+        assert isinstance(p.decode(frame), p.Register)
+        welcome = p.Welcome("w", heartbeat_interval_s=1.0).to_wire() | {"v": p.PROTOCOL_VERSION + 1}
+        router.send_multipart([identity, msgpack.packb(welcome)])
+        _, err = worker.communicate(timeout=30)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+        router.close(linger=0)
+        ctx.term()
+    assert worker.returncode == 3
+    assert f"protocol version {p.PROTOCOL_VERSION + 1} is not supported" in err and "Traceback" not in err

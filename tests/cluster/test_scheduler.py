@@ -131,6 +131,37 @@ def test_stale_reports_are_ignored():
     assert of(RunSucceeded, finish(s, b)) == [RunSucceeded("r")]
 
 
+def test_a_lost_input_is_retried_uncounted_until_the_dead_producer_is_noticed():
+    """A consumer whose producer's worker was killed fails fast (UpstreamLost), seconds before the
+    heartbeat limit declares that worker dead: it must wait, not use up its attempts."""
+    s = cluster(("w1", 1), ("w2", 1))
+    plan = Plan((Stage("s0", ("a",), consumers=("s1",)), Stage("s1", ("w",), inputs=("s0",), output="sink")))
+    a = {x.task_id: x for x in of(Assign, s.handle(RunSubmitted("r", plan, now=0.0, max_attempts=2)))}
+    producer = a["s0.p0"]
+    finish(s, producer)
+    consumer, now = a["s1.p0"], 1.0
+    for _ in range(4):  # more lost-input reports than max_attempts
+        out = s.handle(
+            TaskFailed(
+                "r", "s1.p0", consumer.attempt, consumer.worker_id, "lost s0", True, now, upstream_lost=True
+            )
+        )
+        assert not of(RunFailed, out) and not of(Retry, out)[0].counted
+        now += of(Retry, out)[0].delay_s
+        consumer = of(Assign, s.handle(Tick(now=now)))[0]
+    out = s.handle(WorkerLost(producer.worker_id, "missed 3 heartbeats", now=now))
+    assert [r.task_id for r in of(Recompute, out)] == ["s0.p0"]
+
+
+def test_an_output_is_released_when_its_consumers_finished_before_it_did():
+    s = cluster(("w1", 2))
+    plan = Plan((Stage("s0", ("a",), consumers=("s1",)), Stage("s1", ("w",), inputs=("s0",), output="sink")))
+    a = {x.task_id: x for x in of(Assign, s.handle(RunSubmitted("r", plan, now=0.0)))}
+    finish(s, a["s1.p0"])  # read what it needed (a LIMIT) and finished first
+    out = finish(s, a["s0.p0"])
+    assert [r.task_id for r in of(Release, out)] == ["s0.p0"]
+
+
 def test_worker_loss_reruns_running_tasks_and_recomputes_lost_outputs():
     s = cluster(("w1", 1), ("w2", 1))
     out = s.handle(RunSubmitted("r", DIAMOND, now=0.0))
@@ -192,8 +223,11 @@ def test_resume_skips_committed_sinks_and_what_only_fed_them():
             Stage("s3", ("other", "w3"), output="sink"),
         )
     )
-    out = s.handle(RunSubmitted("r", plan, now=0.0, committed=frozenset({"s1.p0", "s3.p0"})))
-    assert [a.task_id for a in of(Assign, out)] == ["s0.p0", "s2.p0"]
+    out = s.handle(
+        RunSubmitted("r", plan, now=0.0, committed=frozenset({"s1.p0", "s3.p0"}), first_attempt=1001)
+    )
+    assert [(a.task_id, a.attempt) for a in of(Assign, out)] == [("s0.p0", 1001), ("s2.p0", 1001)]
+    assert of(Assign, out)[1].inputs[0].attempt == 1001  # reads this incarnation's output
     out = s.handle(RunSubmitted("r2", plan, now=0.0, committed=frozenset({"s1.p0", "s2.p0", "s3.p0"})))
     assert of(RunSucceeded, out) == [RunSucceeded("r2")]
     assert s.task("r2", "s0.p0").status is Status.SKIPPED
