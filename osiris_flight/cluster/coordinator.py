@@ -31,6 +31,17 @@ from osiris_flight.runs.journal import JournalError, read_journal
 from osiris_flight.runs.rundir import RunDir, find_run
 
 log = logging.getLogger("osiris_flight.coordinator")
+# What only a registered worker sends about its tasks.
+WORKER_REPORTS = (
+    p.Heartbeat,
+    p.TaskStarted,
+    p.TaskProgress,
+    p.TaskTelemetry,
+    p.TaskCheckpoint,
+    p.OutputSpilled,
+    p.TaskFinished,
+    p.TaskFailed,
+)
 # A resumed run numbers its attempts from 1 + this x the runs before it (1001, 2001, ...): a task
 # of an earlier incarnation still being cancelled on some worker can then never be taken for a new
 # attempt (same worker-side key, same temporary file name). No task reaches 1,000 attempts:
@@ -88,7 +99,9 @@ class LocalChild:
 class Coordinator:
     def __init__(self, options: CoordinatorOptions) -> None:
         self.options = options
-        self.scheduler = s.Scheduler()
+        # An assignment is acknowledged by TaskStarted at once; ten heartbeats without it (at least
+        # 10 s) means the message was lost (a peer reconnecting drops what was sent meanwhile).
+        self.scheduler = s.Scheduler(start_timeout_s=max(10.0, 10 * options.heartbeat_interval_s))
         self.workers: dict[str, WorkerInfo] = {}
         self.runs: dict[str, ActiveRun] = {}
         self.children: dict[int, LocalChild] = {}
@@ -263,21 +276,24 @@ class Coordinator:
         worker_id = identity.decode(errors="replace")
         if worker_id in self.workers:
             self.workers[worker_id].last_seen = time.monotonic()
+        elif isinstance(message, WORKER_REPORTS):
+            # A worker declared dead while busy (it sends reports, not heartbeats): tell it now, so it
+            # drops the work that was rerun elsewhere and joins again, instead of finishing it unseen.
+            self._send(identity, p.Reject(f"unknown worker {worker_id!r}: register again"))
+            return
         match message:
             case p.Register():
                 self._register(identity, message)
             case p.Heartbeat():
-                if worker_id not in self.workers:
-                    self._send(identity, p.Reject(f"unknown worker {worker_id!r}: register again"))
-                else:
-                    self.workers[worker_id].stats = {
-                        "rss_bytes": message.rss_bytes,
-                        "store_bytes": message.store_bytes,
-                        "spilled_bytes": message.spilled_bytes,
-                    }
+                self.workers[worker_id].stats = {
+                    "rss_bytes": message.rss_bytes,
+                    "store_bytes": message.store_bytes,
+                    "spilled_bytes": message.spilled_bytes,
+                }
             case p.TaskStarted():
                 if (run := self.runs.get(message.run_id)) and self._is_current(message):
                     run.tracker.task_started(message)
+                self._feed(s.TaskStarted(message.run_id, message.task_id, message.attempt, time.monotonic()))
             case p.TaskProgress():
                 if (run := self.runs.get(message.run_id)) and self._is_current(message):
                     run.tracker.task_progress(message)

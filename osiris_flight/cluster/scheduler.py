@@ -15,6 +15,8 @@ Policy, in short:
   vanished) are rerun without counting against that budget, up to ``max_disturbances``.
 * A dead worker's running tasks are rerun elsewhere; the outputs it held that are still needed are
   recomputed from their lineage (recursively, through outputs already released).
+* An assignment the worker never acknowledges (no TaskStarted within ``start_timeout_s``: the
+  message was lost on the way) is cancelled and rerun elsewhere, as a disturbance.
 * Sinks commit once: a done sink is never rerun. On resume, sinks already committed in the journal
   are done, and every task that only fed them is skipped.
 """
@@ -97,11 +99,23 @@ class RunCancelled:
 
 
 @dataclass(frozen=True)
+class TaskStarted:
+    """The worker began the attempt it was assigned (its acknowledgement of the assignment)."""
+
+    run_id: str
+    task_id: str
+    attempt: int
+    now: float
+
+
+@dataclass(frozen=True)
 class Tick:
     now: float
 
 
-Event = WorkerJoined | WorkerLost | RunSubmitted | TaskSucceeded | TaskFailed | RunCancelled | Tick
+Event = (
+    WorkerJoined | WorkerLost | RunSubmitted | TaskStarted | TaskSucceeded | TaskFailed | RunCancelled | Tick
+)
 
 
 # -- instructions -----------------------------------------------------------------------------------
@@ -230,10 +244,14 @@ class RunState:
 
 
 class Scheduler:
-    def __init__(self, max_disturbances: int = 8) -> None:
+    def __init__(self, max_disturbances: int = 8, start_timeout_s: float = 30.0) -> None:
         self.workers: dict[str, WorkerState] = {}
         self.runs: dict[str, RunState] = {}
         self.max_disturbances = max_disturbances
+        self.start_timeout_s = start_timeout_s
+        # Assignments not yet acknowledged: (run id, task id) -> (attempt, deadline). Checked on
+        # ticks; entries of attempts that moved on are dropped then.
+        self._unstarted: dict[tuple[str, str], tuple[int, float]] = {}
 
     # -- entry point ---------------------------------------------------------------------------
     def handle(self, event: Event) -> list[Instruction]:
@@ -245,6 +263,9 @@ class Scheduler:
                 self._worker_lost(event, out)
             case RunSubmitted():
                 self._submit(event, out)
+            case TaskStarted():
+                self._unstarted.pop((event.run_id, event.task_id), None)
+                return out  # frees nothing, readies nothing: no need to look for work
             case TaskSucceeded():
                 self._succeeded(event, out)
             case TaskFailed():
@@ -254,7 +275,7 @@ class Scheduler:
                 if run is not None and not run.finished:
                     self._fail_run(run, f"cancelled: {event.reason}", None, out)
             case Tick():
-                pass
+                self._check_unstarted(event.now, out)
         self._schedule(event.now, out)
         return out
 
@@ -367,6 +388,24 @@ class Scheduler:
         t.not_before = ev.now + delay
         out.append(Retry(t.run_id, t.task_id, t.attempt, ev.error, delay, counted=False))
         self._disturb_consumers(run, t, f"input {t.task_id} failed", out)
+
+    def _check_unstarted(self, now: float, out: list[Instruction]) -> None:
+        for key, (attempt, deadline) in list(self._unstarted.items()):
+            run = self.runs.get(key[0])
+            t = run.tasks.get(key[1]) if run is not None else None
+            if (
+                run is None
+                or t is None
+                or run.finished
+                or t.status is not Status.RUNNING
+                or t.attempt != attempt
+            ):
+                del self._unstarted[key]  # that attempt ended one way or another
+                continue
+            if now >= deadline:
+                del self._unstarted[key]
+                reason = f"worker {t.worker} never started attempt {attempt} (the assignment was lost)"
+                self._disturb(run, t, reason, out, cancel=True)
 
     def _worker_lost(self, ev: WorkerLost, out: list[Instruction]) -> None:
         worker = self.workers.pop(ev.worker_id, None)
@@ -536,4 +575,5 @@ class Scheduler:
                 self._set_status(run, t, Status.RUNNING)
                 t.worker = worker.worker_id
                 worker.running.add((t.run_id, t.task_id))
+                self._unstarted[(t.run_id, t.task_id)] = (t.attempt, now + self.start_timeout_s)
                 out.append(Assign(t.run_id, t.task_id, t.attempt, worker.worker_id, inputs))

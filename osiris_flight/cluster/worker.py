@@ -94,6 +94,7 @@ class Worker:
         self.tasks: dict[tuple[str, str, int], TaskRun] = {}
         self._stop = threading.Event()
         self._rejoin = False
+        self._joined = True  # registered; False from a Reject until the next Welcome
         # Task threads are reused (starting a thread per task cost ~1 ms under load).
         self._pool = ThreadPoolExecutor(max_workers=options.slots + 2, thread_name_prefix="task")
         self._thread_state = threading.local()
@@ -278,6 +279,10 @@ class Worker:
             case p.Reject():
                 # The coordinator declared us dead (e.g. we were paused past the heartbeat limit) and
                 # has rerun our tasks elsewhere: drop that work and join again as a fresh worker.
+                # Reports sent before our Register each draw a Reject: only the first one counts.
+                if not self._joined:
+                    return True
+                self._joined = False
                 log.warning("coordinator rejected us (%s); rejoining", message.reason)
                 for task in list(self.tasks.values()):
                     task.cancel.set()
@@ -285,6 +290,7 @@ class Worker:
                     self.store.release_run(run_id, "worker rejoined")
                 self._rejoin = True
             case p.Welcome():
+                self._joined = True
                 log.info("rejoined the coordinator as %s", message.worker_id)
             case _:
                 log.warning("ignoring unexpected %s", message.op)

@@ -12,6 +12,7 @@ import pytest
 import zmq
 
 from osiris_flight import protocol as p
+from osiris_flight.cluster.client import Client
 from osiris_flight.errors import ProtocolError
 
 BIN = Path(sys.executable).parent
@@ -134,3 +135,47 @@ def test_a_worker_refuses_a_coordinator_speaking_another_version() -> None:
         ctx.term()
     assert worker.returncode == 3
     assert f"protocol version {p.PROTOCOL_VERSION + 1} is not supported" in err and "Traceback" not in err
+
+
+def test_a_worker_declared_dead_is_told_by_its_next_task_report(tmp_path: Path) -> None:
+    """A busy worker sends task reports, not heartbeats. Once the coordinator has declared it dead
+    (silent past the limit), the next report draws a Reject, so the worker drops the work that is
+    being rerun elsewhere and joins again, instead of finishing it unseen."""
+    (tmp_path / "osiris.yaml").write_text("engine:\n  heartbeat_interval_s: 0.2\n  heartbeat_misses: 3\n")
+    daemon = subprocess.Popen(
+        [
+            str(BIN / "osiris-coordinator"),
+            "--config",
+            "osiris.yaml",
+            "--bind",
+            "tcp://127.0.0.1:*",
+            "--announce",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt_string(zmq.IDENTITY, "busy")
+    try:
+        assert daemon.stdout is not None
+        address = daemon.stdout.readline().split()[1]
+        sock.connect(address)
+        sock.send(p.encode(p.Register("busy", "h", 1, 1, "grpc://127.0.0.1:1", 1)))
+        assert sock.poll(10_000) and isinstance(p.decode(sock.recv()), p.Welcome)
+        with Client(address) as client:  # silent now: wait until it is declared dead
+            for _ in range(600):
+                if not client.status().workers:
+                    break
+                client.receive(0.05)
+            assert not client.status().workers
+        sock.send(p.encode(p.TaskProgress("r", "s0.p0", 1, {"a": {"rows": 1}})))
+        assert sock.poll(10_000), "the report of a worker declared dead got no answer"
+        reply = p.decode(sock.recv())
+        assert isinstance(reply, p.Reject) and "register again" in reply.reason
+    finally:
+        sock.close(linger=0)
+        ctx.term()
+        daemon.terminate()
+        daemon.wait(timeout=10)

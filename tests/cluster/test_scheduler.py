@@ -15,6 +15,7 @@ from osiris_flight.cluster.scheduler import (
     Scheduler,
     Status,
     TaskFailed,
+    TaskStarted,
     TaskSucceeded,
     Tick,
     WorkerJoined,
@@ -329,11 +330,14 @@ def test_any_event_sequence_keeps_bookkeeping_exact_and_finishes(plan: Plan, scr
         for ins in instructions:
             if isinstance(ins, Assign):
                 running[ins.task_id] = ins
+                assert not s.handle(
+                    TaskStarted("r", ins.task_id, ins.attempt, now=now)
+                )  # the worker acknowledges
             elif isinstance(ins, Cancel):
                 running.pop(ins.task_id, None)
 
-    apply(s.handle(RunSubmitted("r", plan, now=0.0, max_attempts=1000)))
-    now, spawned = 1.0, 2
+    now, spawned = 0.0, 2
+    apply(s.handle(RunSubmitted("r", plan, now=now, max_attempts=1000)))
     for action, pick in script:
         now += 10.0
         check_bookkeeping(s)
@@ -377,3 +381,22 @@ def test_any_event_sequence_keeps_bookkeeping_exact_and_finishes(plan: Plan, scr
         apply(s.handle(TaskSucceeded("r", a.task_id, a.attempt, a.worker_id, now=now)))
     assert s.runs["r"].finished
     assert s.runs["r"].unfinished == 0
+
+
+def test_an_assignment_never_acknowledged_is_rerun_elsewhere():
+    """AssignTask lost on the way (the worker's link was reconnecting): no TaskStarted comes, and
+    without a timeout the run would wait forever."""
+    s = Scheduler(start_timeout_s=10.0)
+    for wid in ("w1", "w2"):
+        s.handle(WorkerJoined(wid, 1, now=0.0))
+    plan = Plan((Stage("s0", ("a",), output="sink"),))
+    lost = of(Assign, s.handle(RunSubmitted("r", plan, now=0.0)))[0]
+    assert not s.handle(Tick(now=9.0))
+    out = s.handle(Tick(now=10.0))
+    assert of(Cancel, out)[0].worker_id == lost.worker_id
+    assert "never started" in of(Retry, out)[0].reason and not of(Retry, out)[0].counted
+    again = of(Assign, out)[0]
+    assert again.attempt == lost.attempt + 1
+    s.handle(TaskStarted("r", "s0.p0", again.attempt, now=10.5))
+    assert not s.handle(Tick(now=100.0))  # acknowledged: no timeout however long it runs
+    assert of(RunSucceeded, finish(s, again)) == [RunSucceeded("r")]
