@@ -21,8 +21,9 @@ import msgpack
 from osiris_flight.errors import ProtocolError
 
 PROTOCOL_VERSION = 3
-# Retired: TaskFinished.spills (v2). Since v3 a spill is reported when it happens (OutputSpilled):
-# an output usually spills after its task finished, when newer outputs need the memory.
+# Retired in v3: TaskFinished.spills (a spill is reported when it happens, OutputSpilled: an output
+# usually spills after its task finished, when newer outputs need the memory) and RunEvent
+# ("run_event", one event per message; RunEvents carries what a coordinator pass produced).
 
 _REGISTRY: dict[str, type[Message]] = {}
 
@@ -300,12 +301,13 @@ class RunAccepted(Message):
 
 
 @dataclass(frozen=True)
-class RunEvent(Message):
-    """An event of a run, as written to events.jsonl, forwarded live to the submitting client."""
+class RunEvents(Message):
+    """Events of a run, as written to events.jsonl, forwarded live to the submitting client: what
+    one pass of the coordinator's loop produced, in order (at most the latest ``progress``)."""
 
-    op: ClassVar[str] = "run_event"
+    op: ClassVar[str] = "run_events"
     run_id: str
-    event: dict[str, Any]
+    events: list[dict[str, Any]]
 
 
 @dataclass(frozen=True)

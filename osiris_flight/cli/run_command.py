@@ -144,8 +144,9 @@ def _follow(
                     {},
                     EXIT_INTERRUPTED,
                 )
-            if isinstance(message, p.RunEvent):
-                view.event(message.event)
+            if isinstance(message, p.RunEvents):
+                for event in message.events:
+                    view.event(event)
             elif isinstance(message, p.RunFinished):
                 finished = message
                 break

@@ -112,7 +112,7 @@ class Client:
                 if accepted and not pinged and now - last_heard > silence_limit_s / 3:
                     self.send(p.ClusterStatusRequest())
                     pinged = True
-                yield p.RunEvent(submit.run_id, {"event": "tick"})
+                yield p.RunEvents(submit.run_id, [{"event": "tick"}])
                 continue
             last_heard, pinged = now, False
             if getattr(message, "run_id", submit.run_id) != submit.run_id:

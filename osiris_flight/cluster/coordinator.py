@@ -167,7 +167,7 @@ class Coordinator:
             self._check_heartbeats(now)
             self._feed(s.Tick(now))
             for run in self.runs.values():
-                run.tracker.telemetry.flush()
+                run.tracker.flush()
             if self._parent_gone():
                 log.warning("parent process is gone; coordinator stops")
                 self._stop = True
@@ -443,8 +443,8 @@ class Coordinator:
             self._send(client, p.RunFinished(msg.run_id, "failed", f"run {msg.run_id} is already active"))
             return
 
-        def forward(event: dict[str, Any], client: bytes = client, run_id: str = msg.run_id) -> None:
-            self._send(client, p.RunEvent(run_id, event))
+        def forward(events: list[dict[str, Any]], client: bytes = client, run_id: str = msg.run_id) -> None:
+            self._send(client, p.RunEvents(run_id, events))
 
         tracker = RunTracker(
             run_dir,

@@ -26,6 +26,7 @@ Functions, subqueries, CASE, CAST and the like are rejected at validation time.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -99,8 +100,13 @@ class Predicate:
         return _Translator(schema).condition(self.tree)
 
 
+@functools.lru_cache(maxsize=1024)
 def parse_predicate(text: str) -> Predicate:
-    """Parse and validate ``text``; raises PredicateError saying what is wrong and what is supported."""
+    """Parse and validate ``text``; raises PredicateError saying what is wrong and what is supported.
+
+    Cached: validation, the optimizer and every task of a step parse the same text, and a parse
+    costs about a millisecond. The Predicate is only read afterwards, so tasks may share it.
+    """
     if not text.strip():
         raise PredicateError("the condition is empty")
     try:

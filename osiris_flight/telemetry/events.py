@@ -8,6 +8,7 @@ are masked before any sink sees them: secrets never reach a log.
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import time
@@ -23,16 +24,15 @@ from osiris_flight.redaction import REDACTED, is_secret_key
 SECRET_MARKERS = ("password", "passwd", "secret", "token", "api_key", "apikey", "credential")
 
 
+@functools.lru_cache(maxsize=4096)
+def _masked(key: object) -> bool:
+    """Is a field of this name masked? Cached: events reuse a small vocabulary of names."""
+    return is_secret_key(key) or any(m in str(key).lower() for m in SECRET_MARKERS)
+
+
 def mask_secrets(value: Any) -> Any:
     if isinstance(value, dict):
-        return {
-            k: (
-                REDACTED
-                if is_secret_key(k) or any(m in str(k).lower() for m in SECRET_MARKERS)
-                else mask_secrets(v)
-            )
-            for k, v in value.items()
-        }
+        return {k: REDACTED if _masked(k) else mask_secrets(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [mask_secrets(v) for v in value]
     return value
@@ -78,7 +78,7 @@ class JsonlSink:
 
 class CallbackSink:
     """Hands events to a callback; with ``names``, only events of those names (each forwarded event
-    is a message on the wire, so a live view asks only for what it shows)."""
+    goes over the wire, so a live view asks only for what it shows)."""
 
     def __init__(
         self, on_event: Callable[[dict[str, Any]], None], names: frozenset[str] | None = None

@@ -40,6 +40,7 @@ def test_every_message_round_trips() -> None:
             "/tmp/x",
         ),
         p.SubmitRun("r", "/tmp/logs", {"m": 1}, {"p": 1}, {"@mysql.db": {"password": "x"}}, True, 3, 1024),
+        p.RunEvents("r", [{"event": "step_start", "step_id": "a"}, {"event": "progress", "steps": {}}]),
         p.RunFinished("r", "success", "", {"steps": {}}),
         p.FetchOutput("r", "s0", 2, 3),
     ]
