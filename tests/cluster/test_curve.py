@@ -102,6 +102,29 @@ def daemons(tmp_path: Path, keys: Path) -> Iterator[list[subprocess.Popen[str]]]
             proc.wait()
 
 
+def start_coordinator(daemons: list, cwd: Path, *flags: str) -> str:
+    """An osiris-coordinator on a free loopback port; its address."""
+    coordinator = subprocess.Popen(
+        [str(BIN / "osiris-coordinator"), "--bind", "tcp://127.0.0.1:*", "--announce", *flags],
+        cwd=cwd,
+        env=cli_env(),
+        text=True,
+        stdout=subprocess.PIPE,
+    )
+    daemons.append(coordinator)
+    assert coordinator.stdout is not None
+    return coordinator.stdout.readline().split()[1]
+
+
+def write_pipeline(cwd: Path) -> None:
+    """PIPELINE and the connection its task carries, with the secret from OSIRIS_TEST_SECRET."""
+    (cwd / "pipeline.yaml").write_text(PIPELINE)
+    (cwd / "osiris_connections.yaml").write_text(
+        "version: 1\nconnections:\n  demo:\n    main:\n      host: db.internal\n"
+        '      password: "${OSIRIS_TEST_SECRET}"\n'
+    )
+
+
 def start_worker(
     daemons: list, keys: Path | None, address: str, name: str, cwd: Path
 ) -> subprocess.Popen[str]:
@@ -129,25 +152,14 @@ def start_worker(
 def test_curve_encrypts_the_control_plane_and_shuts_out_unknown_keys(
     tmp_path: Path, keys: Path, daemons: list, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    coordinator = subprocess.Popen(
-        [
-            str(BIN / "osiris-coordinator"),
-            "--bind",
-            "tcp://127.0.0.1:*",
-            "--announce",
-            "--curve-secret-key",
-            str(keys / "coordinator.key_secret"),
-            "--curve-authorized-keys",
-            str(tmp_path / "authorized"),
-        ],
-        cwd=tmp_path,
-        env=cli_env(),
-        text=True,
-        stdout=subprocess.PIPE,
+    address = start_coordinator(
+        daemons,
+        tmp_path,
+        "--curve-secret-key",
+        str(keys / "coordinator.key_secret"),
+        "--curve-authorized-keys",
+        str(tmp_path / "authorized"),
     )
-    daemons.append(coordinator)
-    assert coordinator.stdout is not None
-    address = coordinator.stdout.readline().split()[1]
     relay = Relay(("127.0.0.1", int(address.rsplit(":", 1)[1])))
     try:
         start_worker(daemons, keys, f"tcp://127.0.0.1:{relay.port}", "worker", tmp_path)
@@ -157,11 +169,7 @@ def test_curve_encrypts_the_control_plane_and_shuts_out_unknown_keys(
             status = client.wait_for_workers(1, timeout_s=60)
         assert [w["worker_id"] for w in status.workers] == ["worker"]
 
-        (tmp_path / "pipeline.yaml").write_text(PIPELINE)
-        (tmp_path / "osiris_connections.yaml").write_text(
-            "version: 1\nconnections:\n  demo:\n    main:\n      host: db.internal\n"
-            '      password: "${OSIRIS_TEST_SECRET}"\n'
-        )
+        write_pipeline(tmp_path)
         (tmp_path / "osiris.yaml").write_text(
             f"cluster:\n  coordinator: {address}\n"
             f"  curve_secret_key: {keys / 'client.key_secret'}\n"
@@ -193,26 +201,13 @@ def test_without_curve_the_same_run_sends_the_secret_in_clear(
     tmp_path: Path, daemons: list, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The relay's control: with CURVE off it does see the secret (so the test above can fail)."""
-    coordinator = subprocess.Popen(
-        [str(BIN / "osiris-coordinator"), "--bind", "tcp://127.0.0.1:*", "--announce"],
-        cwd=tmp_path,
-        env=cli_env(),
-        text=True,
-        stdout=subprocess.PIPE,
-    )
-    daemons.append(coordinator)
-    assert coordinator.stdout is not None
-    address = coordinator.stdout.readline().split()[1]
+    address = start_coordinator(daemons, tmp_path)
     relay = Relay(("127.0.0.1", int(address.rsplit(":", 1)[1])))
     try:
         start_worker(daemons, None, f"tcp://127.0.0.1:{relay.port}", "worker", tmp_path)
         with Client(address) as client:
             client.wait_for_workers(1, timeout_s=60)
-        (tmp_path / "pipeline.yaml").write_text(PIPELINE)
-        (tmp_path / "osiris_connections.yaml").write_text(
-            "version: 1\nconnections:\n  demo:\n    main:\n      host: db.internal\n"
-            '      password: "${OSIRIS_TEST_SECRET}"\n'
-        )
+        write_pipeline(tmp_path)
         monkeypatch.setenv("OSIRIS_TEST_SECRET", SECRET)
         result = osiris(["run", "pipeline.yaml", "--cluster", address, "--json"], tmp_path)
         assert result.code == 0, result.stdout + result.stderr
