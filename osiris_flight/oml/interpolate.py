@@ -34,24 +34,17 @@ def has_reference(text: str) -> bool:
 
 def env_names(text: str) -> list[str]:
     """The environment variables ``text`` refers to (with or without defaults), in order."""
-    names = []
-    for match in _TOKEN.finditer(text):
-        body = match.group(1)
-        env = _ENV.match(body) if body is not None else None
-        if env:
-            names.append(env.group(1))
-    return names
+    return _names(text, _ENV)
 
 
 def param_names(text: str) -> list[str]:
     """The params ``text`` refers to, in order."""
-    names = []
-    for match in _TOKEN.finditer(text):
-        body = match.group(1)
-        param = _PARAM.match(body) if body is not None else None
-        if param:
-            names.append(param.group(1))
-    return names
+    return _names(text, _PARAM)
+
+
+def _names(text: str, kind: re.Pattern[str]) -> list[str]:
+    bodies = (m.group(1) for m in _TOKEN.finditer(text) if m.group(1) is not None)
+    return [found.group(1) for body in bodies if (found := kind.match(body))]
 
 
 def substitute(

@@ -56,6 +56,19 @@ def osiris(args: list[str], cwd: Path, timeout: float = 180) -> Result:
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
+def start_coordinator(cwd: Path, *flags: str) -> tuple[subprocess.Popen[str], str]:
+    """An osiris-coordinator daemon on a free loopback port (``--announce``): the process, its address."""
+    proc = subprocess.Popen(
+        [str(BIN / "osiris-coordinator"), "--bind", "tcp://127.0.0.1:*", "--announce", *flags],
+        cwd=cwd,
+        env=cli_env(),
+        text=True,
+        stdout=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    return proc, proc.stdout.readline().split()[1]
+
+
 def start_osiris(args: list[str], cwd: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [str(BIN / "osiris-flight"), *args],

@@ -19,7 +19,7 @@ import pytest
 from osiris_flight.cluster.client import Client
 from osiris_flight.cluster.curve import CurveKeys, create_keypair
 from osiris_flight.errors import OsirisFlightError
-from tests.cluster.conftest import BIN, cli_env, osiris, read_csv
+from tests.cluster.conftest import BIN, cli_env, osiris, read_csv, start_coordinator
 
 SECRET = "s3cret-on-the-wire-7731"
 
@@ -102,18 +102,11 @@ def daemons(tmp_path: Path, keys: Path) -> Iterator[list[subprocess.Popen[str]]]
             proc.wait()
 
 
-def start_coordinator(daemons: list, cwd: Path, *flags: str) -> str:
-    """An osiris-coordinator on a free loopback port; its address."""
-    coordinator = subprocess.Popen(
-        [str(BIN / "osiris-coordinator"), "--bind", "tcp://127.0.0.1:*", "--announce", *flags],
-        cwd=cwd,
-        env=cli_env(),
-        text=True,
-        stdout=subprocess.PIPE,
-    )
-    daemons.append(coordinator)
-    assert coordinator.stdout is not None
-    return coordinator.stdout.readline().split()[1]
+def coordinator(daemons: list, cwd: Path, *flags: str) -> str:
+    """A coordinator daemon stopped with the others; its address."""
+    proc, address = start_coordinator(cwd, *flags)
+    daemons.append(proc)
+    return address
 
 
 def write_pipeline(cwd: Path) -> None:
@@ -152,7 +145,7 @@ def start_worker(
 def test_curve_encrypts_the_control_plane_and_shuts_out_unknown_keys(
     tmp_path: Path, keys: Path, daemons: list, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    address = start_coordinator(
+    address = coordinator(
         daemons,
         tmp_path,
         "--curve-secret-key",
@@ -201,7 +194,7 @@ def test_without_curve_the_same_run_sends_the_secret_in_clear(
     tmp_path: Path, daemons: list, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The relay's control: with CURVE off it does see the secret (so the test above can fail)."""
-    address = start_coordinator(daemons, tmp_path)
+    address = coordinator(daemons, tmp_path)
     relay = Relay(("127.0.0.1", int(address.rsplit(":", 1)[1])))
     try:
         start_worker(daemons, None, f"tcp://127.0.0.1:{relay.port}", "worker", tmp_path)

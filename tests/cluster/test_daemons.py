@@ -12,6 +12,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,6 +23,7 @@ from tests.cluster.conftest import (
     latest_run_dir,
     read_csv,
     same_rows,
+    start_coordinator,
     start_osiris,
     wait_until,
     write_events_csv,
@@ -57,27 +59,13 @@ class Daemons:
 
     cwd: Path
     address: str = ""
-    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    processes: list[subprocess.Popen[Any]] = field(default_factory=list)
     pids: dict[str, int] = field(default_factory=dict)
 
     def start(self, workers: tuple[str, ...], engine: str) -> None:
         (self.cwd / "osiris.yaml").write_text("engine:\n" + engine)
-        coordinator = subprocess.Popen(
-            [
-                str(BIN / "osiris-coordinator"),
-                "--config",
-                "osiris.yaml",
-                "--bind",
-                "tcp://127.0.0.1:*",
-                "--announce",
-            ],
-            cwd=self.cwd,
-            env=cli_env(),
-            stdout=subprocess.PIPE,
-        )
+        coordinator, self.address = start_coordinator(self.cwd, "--config", "osiris.yaml")
         self.processes.append(coordinator)
-        assert coordinator.stdout is not None
-        self.address = coordinator.stdout.readline().decode().split()[1]
         for name in workers:
             worker = subprocess.Popen(
                 [

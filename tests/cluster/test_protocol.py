@@ -14,6 +14,7 @@ import zmq
 from osiris_flight import protocol as p
 from osiris_flight.cluster.client import Client
 from osiris_flight.errors import ProtocolError
+from tests.cluster.conftest import start_coordinator
 
 BIN = Path(sys.executable).parent
 
@@ -143,25 +144,11 @@ def test_a_worker_declared_dead_is_told_by_its_next_task_report(tmp_path: Path) 
     (silent past the limit), the next report draws a Reject, so the worker drops the work that is
     being rerun elsewhere and joins again, instead of finishing it unseen."""
     (tmp_path / "osiris.yaml").write_text("engine:\n  heartbeat_interval_s: 0.2\n  heartbeat_misses: 3\n")
-    daemon = subprocess.Popen(
-        [
-            str(BIN / "osiris-coordinator"),
-            "--config",
-            "osiris.yaml",
-            "--bind",
-            "tcp://127.0.0.1:*",
-            "--announce",
-        ],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    daemon, address = start_coordinator(tmp_path, "--config", "osiris.yaml")
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt_string(zmq.IDENTITY, "busy")
     try:
-        assert daemon.stdout is not None
-        address = daemon.stdout.readline().split()[1]
         sock.connect(address)
         sock.send(p.encode(p.Register("busy", "h", 1, 1, "grpc://127.0.0.1:1", 1)))
         assert sock.poll(10_000) and isinstance(p.decode(sock.recv()), p.Welcome)
