@@ -18,19 +18,16 @@ and never connects makes exactly that traffic.
 
 from __future__ import annotations
 
-import functools
 import json
-import subprocess
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.cluster.conftest import BIN, cli_env, read_csv
-from tests.netns import CaptureResult, Host, Network, unavailable
+from tests.cluster.conftest import BIN, read_csv
+from tests.cluster.multihost import Cluster, make_keys, start_cluster, tls_available
+from tests.netns import CaptureResult, Network, unavailable
 
 # Generous: four daemons and a run on a loaded 2-core machine; no step's duration is asserted.
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
@@ -39,7 +36,6 @@ SECRET = "pw-3Kq9-multihost-secret"
 CONNECTION_HOST = "db-multihost.internal"
 ROWS = 4000
 CITIES = 7
-TIMEOUT = 240  # seconds, for each step of the run on a loaded 2-core machine
 
 
 def name_of(i: int) -> str:
@@ -94,142 +90,15 @@ steps:
 """
 
 
-@functools.cache
-def accepts(binary: str, flag: str) -> bool:
-    """Whether a command lists ``flag`` in its --help (the flags other work adds to the daemons)."""
-    shown = subprocess.run(
-        [str(BIN / binary), "--help"], env=cli_env(), capture_output=True, text=True, timeout=120
-    )
-    return flag in shown.stdout
-
-
-def tls_available() -> bool:
-    return accepts("osiris-worker", "--tls-cert")
-
-
-@dataclass
-class Cluster:
-    coordinator: Host
-    workers: list[Host]
-    client: Host
-    address: str  # the coordinator's tcp://host:port
-    port: int
-    root: Path
-
-
-def make_keys(root: Path) -> Path:
-    """One keypair per process, made with ``osiris-flight keys create``; the coordinator accepts the
-    workers' and the client's public keys."""
-    keys, authorized = root / "keys", root / "authorized"
-    authorized.mkdir()
-    for name in ("coordinator", "worker-a", "worker-b", "client"):
-        made = subprocess.run(
-            [str(BIN / "osiris-flight"), "keys", "create", name, "--dir", str(keys), "--json"],
-            env=cli_env(),
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert made.returncode == 0, made.stderr
-        public = Path(json.loads(made.stdout)["public_key_file"])
-        if name != "coordinator":
-            (authorized / public.name).write_bytes(public.read_bytes())
-    return keys
-
-
-def tls_flags(keys: Path, name: str) -> list[str]:
-    """The worker's Flight TLS flags (its certificate and key, made by the keys command next to its
-    CURVE keys); empty while the worker has no TLS."""
-    if not tls_available():
-        return []
-    return ["--tls-cert", str(keys / f"{name}.crt"), "--tls-key", str(keys / f"{name}.crt_key")]
-
-
-def insecure_flag(binary: str) -> list[str]:
-    """``--insecure`` for the control run, where the daemons have it (they refuse a non-loopback
-    bind without keys once secure-by-default is in)."""
-    return ["--insecure"] if accepts(binary, "--insecure") else []
-
-
-def start_cluster(net: Network, root: Path, keys: Path | None) -> Cluster:
-    coordinator, worker_hosts, client = net.hosts[0], net.hosts[1:3], net.hosts[3]
-    env = cli_env()
-    curve = (
-        [
-            "--curve-secret-key",
-            str(keys / "coordinator.key_secret"),
-            "--curve-authorized-keys",
-            str(root / "authorized"),
-        ]
-        if keys
-        else insecure_flag("osiris-coordinator")
-    )
-    cwd = root / "coordinator"
-    cwd.mkdir()
-    proc = coordinator.popen(
-        [str(BIN / "osiris-coordinator"), "--bind", f"tcp://{coordinator.address}:*", "--announce", *curve],
-        cwd=cwd,
-        env=env,
-        text=True,
-        stdout=subprocess.PIPE,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline().split()
-    assert line and line[0] == "READY", f"coordinator did not start (exit {proc.poll()})"
-    address = line[1]
-    for host, name in zip(worker_hosts, ("worker-a", "worker-b"), strict=True):
-        security = insecure_flag("osiris-worker")
-        if keys:
-            secret, server = keys / f"{name}.key_secret", keys / "coordinator.key"
-            security = [
-                "--curve-secret-key",
-                str(secret),
-                "--curve-server-key",
-                str(server),
-                *tls_flags(keys, name),
-            ]
-        wd = root / name
-        wd.mkdir()
-        host.popen(
-            [
-                str(BIN / "osiris-worker"),
-                "--coordinator",
-                address,
-                "--worker-id",
-                name,
-                "--bind-host",
-                host.address,
-                "--slots",
-                "1",
-                "--spill-dir",
-                str(wd / "spill"),
-                *security,
-            ],
-            cwd=wd,
-            env=env,
-        )
-    cluster = Cluster(coordinator, list(worker_hosts), client, address, int(address.rsplit(":", 1)[1]), root)
-    write_client(cluster, keys)
-    wait_for_workers(cluster, 2)
-    return cluster
-
-
-def write_client(cluster: Cluster, keys: Path | None) -> None:
-    """The client's directory: osiris.yaml (its keys), the connections file, the pipeline, the data."""
-    cwd = cluster.root / "client"
-    cwd.mkdir()
-    settings = f"cluster:\n  coordinator: {cluster.address}\n"
-    if keys:
-        settings += f"  curve_secret_key: {keys / 'client.key_secret'}\n"
-        settings += f"  curve_server_key: {keys / 'coordinator.key'}\n"
-    (cwd / "osiris.yaml").write_text(settings)
-    (cwd / "osiris_connections.yaml").write_text(
+def write_client_files(cluster: Cluster) -> None:
+    """The pipeline and the connections file (its password from the client's environment)."""
+    (cluster.client_dir / "osiris_connections.yaml").write_text(
         "version: 1\nconnections:\n  demo:\n    main:\n"
         f"      host: {CONNECTION_HOST}\n      user: app\n"
         '      password: "${OSIRIS_TEST_SECRET}"\n'
     )
     data, out = cluster.root / "people.parquet", cluster.root / "out"
-    (cwd / "pipeline.yaml").write_text(PIPELINE.format(data=data, out=out))
+    (cluster.client_dir / "pipeline.yaml").write_text(PIPELINE.format(data=data, out=out))
 
 
 def people() -> pa.Table:
@@ -243,34 +112,11 @@ def people() -> pa.Table:
     )
 
 
-def client_command(
-    cluster: Cluster, args: list[str], timeout: float = TIMEOUT
-) -> subprocess.CompletedProcess:
-    env = cli_env()
-    env["OSIRIS_TEST_SECRET"] = SECRET
-    return cluster.client.run(
-        args, timeout=timeout, cwd=cluster.root / "client", env=env, capture_output=True, text=True
-    )
-
-
-def wait_for_workers(cluster: Cluster, count: int) -> None:
-    """From the client's host, with the client's keys (the root namespace cannot reach the hosts)."""
-    script = (
-        "import sys\n"
-        "from osiris_flight.cluster.client import Client\n"
-        "from osiris_flight.cluster.curve import curve_keys\n"
-        "from osiris_flight.config import load_config\n"
-        "config = load_config(None)\n"
-        "with Client(config.cluster.coordinator, curve=curve_keys(config.cluster)) as client:\n"
-        f"    client.wait_for_workers({count}, timeout_s={TIMEOUT})\n"
-    )
-    done = client_command(cluster, [sys.executable, "-c", script], timeout=TIMEOUT + 30)
-    assert done.returncode == 0, done.stderr
-
-
 def run_pipeline(cluster: Cluster) -> dict:
-    done = client_command(
-        cluster, [str(BIN / "osiris-flight"), "run", "pipeline.yaml", "--cluster", cluster.address, "--json"]
+    write_client_files(cluster)
+    done = cluster.client_run(
+        [str(BIN / "osiris-flight"), "run", "pipeline.yaml", "--cluster", cluster.address, "--json"],
+        env={"OSIRIS_TEST_SECRET": SECRET},
     )
     assert done.returncode == 0, done.stdout + done.stderr
     summary = json.loads(done.stdout)
@@ -309,13 +155,13 @@ def test_multihost_run_with_curve_leaks_no_secret_on_the_wire(tmp_path: Path) ->
     reason = unavailable()
     assert reason is None, reason  # root and iproute2 are part of this project's test machine
     pq.write_table(people(), tmp_path / "people.parquet", row_group_size=ROWS // 8)
-    keys = make_keys(tmp_path)
+    keys = make_keys(tmp_path, workers=2)
     tls = tls_available()
     expect_rows_in_clear = not tls
     with Network(hosts=4) as net:
         net.wait_reachable()
         with net.capture(tmp_path) as capture:
-            cluster = start_cluster(net, tmp_path, keys)
+            cluster = start_cluster(net, tmp_path, workers=2, keys=keys)
             run_pipeline(cluster)
         cap = capture.stop()
     check_outputs(tmp_path, people())
@@ -328,10 +174,8 @@ def test_multihost_run_with_curve_leaks_no_secret_on_the_wire(tmp_path: Path) ->
     # Control plane: each worker and the client talked to the coordinator, through the bridge.
     control = control_streams(cap, cluster)
     for host in [*cluster.workers, cluster.client]:
-        assert (
-            sum(len(d) for d in cap.between(host.address, cluster.coordinator.address, cluster.port).values())
-            > 0
-        )
+        talk = cap.between(host.address, cluster.coordinator.address, cluster.port)
+        assert sum(len(d) for d in talk.values()) > 0, host
     assert sum(len(d) for d in control.values()) > 2000
     # The ZMTP greeting (sent in clear) names the CURVE mechanism on every control connection, so
     # the capture holds these streams from their first byte.
@@ -347,17 +191,17 @@ def test_multihost_run_with_curve_leaks_no_secret_on_the_wire(tmp_path: Path) ->
     # partitions, which ran one on each worker).
     flight = flight_streams(cap, cluster)
     assert sum(len(d) for d in flight.values()) > 0, sorted(cap.streams)
-    seen_on_flight = row_values_seen(flight)
     if expect_rows_in_clear:
-        # Flight is plain gRPC until the worker has TLS: the HTTP/2 preface and the row values are
-        # readable by anyone on the path. This is the current state, asserted so that it is known.
+        # Flight is plain gRPC while the worker has no TLS: the HTTP/2 preface and the row values
+        # are readable by anyone on the path. Asserted, so that the capture is known to see them.
         assert b"PRI * HTTP/2.0" in b"".join(flight.values())
-        assert seen_on_flight, "Flight carried rows but none was found in clear"
+        assert row_values_seen(flight), "Flight carried rows but none was found in clear"
     else:
         assert b"PRI * HTTP/2.0" not in everything
-        assert seen_on_flight == []
-    # Rows never travel on the control plane.
-    assert row_values_seen(control) == []
+        assert row_values_seen(flight) == []
+    # Rows travel nowhere else.
+    others = {flow: data for flow, data in cap.streams.items() if flow not in flight}
+    assert row_values_seen(others) == []
 
 
 def test_multihost_control_run_without_curve_shows_the_secret(tmp_path: Path) -> None:
@@ -368,7 +212,7 @@ def test_multihost_control_run_without_curve_shows_the_secret(tmp_path: Path) ->
     with Network(hosts=4) as net:
         net.wait_reachable()
         with net.capture(tmp_path) as capture:
-            cluster = start_cluster(net, tmp_path, None)
+            cluster = start_cluster(net, tmp_path, workers=2, keys=None)
             run_pipeline(cluster)
         cap = capture.stop()
     check_outputs(tmp_path, people())

@@ -1,0 +1,182 @@
+"""A cluster of real daemons on simulated hosts (tests/netns.py): host 0 runs the coordinator, hosts
+1..N one worker each, host N+1 the client. Used by tests/cluster/test_multihost.py; a benchmark
+imports it the same way (``sys.path`` at the repository root, then ``from tests.cluster.multihost
+import ...``) to run N workers, each on its own address and, with ``worker_cpus``, under a CPU cap.
+
+Each process has its own working directory under ``root`` (``coordinator/``, ``worker-<i>/``,
+``client/``), as on separate machines that share only what the test puts in absolute paths. The
+root namespace cannot reach the hosts, so everything that talks to the cluster, the client and
+``wait_for_workers`` included, runs on the client's host.
+
+Security is chosen by flags: with ``keys`` (``make_keys``) every link is CURVE, and the workers get
+``tls_flags`` for Flight once the worker has ``--tls-cert``; without keys the daemons get
+``--insecure`` where they have it.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.cluster.conftest import BIN, cli_env
+from tests.netns import Host, Network
+
+TIMEOUT = 240.0  # seconds for one step (start, join, run) on a loaded 2-core machine
+
+
+@functools.cache
+def accepts(binary: str, flag: str) -> bool:
+    """Whether a command lists ``flag`` in its --help (how the tests follow flags other work adds)."""
+    shown = subprocess.run(
+        [str(BIN / binary), "--help"], env=cli_env(), capture_output=True, text=True, timeout=120
+    )
+    return flag in shown.stdout
+
+
+def tls_available() -> bool:
+    """Whether workers serve Flight over TLS (they accept ``--tls-cert``)."""
+    return accepts("osiris-worker", "--tls-cert")
+
+
+def tls_flags(keys: Path, name: str) -> list[str]:
+    """A worker's Flight TLS flags: its certificate and key, made by the keys command next to its
+    CURVE keys; empty while the worker has no TLS."""
+    if not tls_available():
+        return []
+    return ["--tls-cert", str(keys / f"{name}.crt"), "--tls-key", str(keys / f"{name}.crt_key")]
+
+
+def insecure_flag(binary: str) -> list[str]:
+    """``--insecure`` for a run without keys, where the daemon has it (a daemon bound to a
+    non-loopback address refuses to start without keys otherwise)."""
+    return ["--insecure"] if accepts(binary, "--insecure") else []
+
+
+def worker_names(count: int) -> list[str]:
+    return [f"worker-{i}" for i in range(1, count + 1)]
+
+
+def make_keys(root: Path, workers: int) -> Path:
+    """``root/keys``: a keypair per process, made with ``osiris-flight keys create``;
+    ``root/authorized`` holds the public keys the coordinator accepts (every worker's, the client's)."""
+    keys, authorized = root / "keys", root / "authorized"
+    authorized.mkdir(parents=True)
+    for name in ["coordinator", *worker_names(workers), "client"]:
+        made = subprocess.run(
+            [str(BIN / "osiris-flight"), "keys", "create", name, "--dir", str(keys), "--json"],
+            env=cli_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert made.returncode == 0, made.stderr
+        public = Path(json.loads(made.stdout)["public_key_file"])
+        if name != "coordinator":
+            (authorized / public.name).write_bytes(public.read_bytes())
+    return keys
+
+
+@dataclass
+class Cluster:
+    net: Network
+    coordinator: Host
+    workers: list[Host]
+    client: Host
+    address: str  # the coordinator's tcp://<host 0>:<port>
+    port: int
+    root: Path
+
+    @property
+    def client_dir(self) -> Path:
+        """The client's working directory: osiris.yaml is there; put pipelines and connections in it."""
+        return self.root / "client"
+
+    def client_run(
+        self, args: Sequence[str], timeout: float = TIMEOUT, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """``args`` on the client's host, in ``client_dir``, with the test environment plus ``env``."""
+        full_env = {**cli_env(), **(env or {})}
+        return self.client.run(
+            list(args), timeout=timeout, cwd=self.client_dir, env=full_env, capture_output=True, text=True
+        )
+
+    def wait_for_workers(self, count: int, timeout: float = TIMEOUT) -> None:
+        """Until ``count`` workers joined, asked from the client's host with the client's keys."""
+        script = (
+            "from osiris_flight.cluster.client import Client\n"
+            "from osiris_flight.cluster.curve import curve_keys\n"
+            "from osiris_flight.config import load_config\n"
+            "config = load_config(None)\n"
+            "with Client(config.cluster.coordinator, curve=curve_keys(config.cluster)) as client:\n"
+            f"    client.wait_for_workers({count}, timeout_s={timeout})\n"
+        )
+        done = self.client_run([sys.executable, "-c", script], timeout=timeout + 30)
+        assert done.returncode == 0, done.stderr
+
+
+def start_cluster(
+    net: Network,
+    root: Path,
+    *,
+    workers: int,
+    keys: Path | None,
+    slots: int = 1,
+    worker_cpus: float | None = None,
+    worker_flags: Sequence[str] = (),
+) -> Cluster:
+    """The coordinator on host 0, ``workers`` workers on hosts 1..N (each ``slots`` slots, under a
+    ``worker_cpus`` cap when given), the client's directory for host N+1; returns once all joined."""
+    if len(net.hosts) < workers + 2:
+        raise ValueError(f"{workers} workers need {workers + 2} hosts, the network has {len(net.hosts)}")
+    coordinator, worker_hosts, client = net.hosts[0], net.hosts[1 : workers + 1], net.hosts[workers + 1]
+    env = cli_env()
+    security = insecure_flag("osiris-coordinator")
+    if keys:
+        authorized = root / "authorized"
+        security = ["--curve-secret-key", str(keys / "coordinator.key_secret")]
+        security += ["--curve-authorized-keys", str(authorized)]
+    cwd = root / "coordinator"
+    cwd.mkdir()
+    proc = coordinator.popen(
+        [
+            str(BIN / "osiris-coordinator"),
+            "--bind",
+            f"tcp://{coordinator.address}:*",
+            "--announce",
+            *security,
+        ],
+        cwd=cwd,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline().split()
+    assert line and line[0] == "READY", f"the coordinator did not start (exit {proc.poll()})"
+    address = line[1]
+    for host, name in zip(worker_hosts, worker_names(workers), strict=True):
+        security = insecure_flag("osiris-worker")
+        if keys:
+            security = ["--curve-secret-key", str(keys / f"{name}.key_secret")]
+            security += ["--curve-server-key", str(keys / "coordinator.key"), *tls_flags(keys, name)]
+        wd = root / name
+        wd.mkdir()
+        command = [str(BIN / "osiris-worker"), "--coordinator", address, "--worker-id", name]
+        command += ["--bind-host", host.address, "--slots", str(slots), "--spill-dir", str(wd / "spill")]
+        host.popen([*command, *security, *worker_flags], cwd=wd, env=env, cpus=worker_cpus)
+    cluster = Cluster(
+        net, coordinator, list(worker_hosts), client, address, int(address.rsplit(":", 1)[1]), root
+    )
+    cluster.client_dir.mkdir()
+    settings = f"cluster:\n  coordinator: {address}\n"
+    if keys:
+        settings += f"  curve_secret_key: {keys / 'client.key_secret'}\n"
+        settings += f"  curve_server_key: {keys / 'coordinator.key'}\n"
+    (cluster.client_dir / "osiris.yaml").write_text(settings)
+    cluster.wait_for_workers(workers)
+    return cluster
