@@ -27,7 +27,7 @@ import pytest
 
 from tests.cluster.conftest import BIN, read_csv
 from tests.cluster.multihost import Cluster, make_keys, start_cluster, tls_available
-from tests.netns import CaptureResult, Network, unavailable
+from tests.netns import CaptureResult, Network, cgroup_cpu_usage_us, unavailable
 
 # Generous: four daemons and a run on a loaded 2-core machine; no step's duration is asserted.
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
@@ -206,14 +206,17 @@ def test_multihost_run_with_curve_leaks_no_secret_on_the_wire(tmp_path: Path) ->
 
 def test_multihost_control_run_without_curve_shows_the_secret(tmp_path: Path) -> None:
     """The same cluster without keys: the capture does see the password and the messages, so the
-    test above would notice them."""
+    test above would notice them. Its workers run under a CPU cap of half a core each (the setup a
+    scaling benchmark uses), which must not change the result."""
     assert unavailable() is None
     pq.write_table(people(), tmp_path / "people.parquet", row_group_size=ROWS // 8)
     with Network(hosts=4) as net:
         net.wait_reachable()
         with net.capture(tmp_path) as capture:
-            cluster = start_cluster(net, tmp_path, workers=2, keys=None)
+            cluster = start_cluster(net, tmp_path, workers=2, keys=None, worker_cpus=0.5)
             run_pipeline(cluster)
+            groups = [host.cgroup() for host in cluster.workers]
+            assert all(group is not None and cgroup_cpu_usage_us(group) > 0 for group in groups)
         cap = capture.stop()
     check_outputs(tmp_path, people())
     assert cap.truncated == 0 and cap.kernel_drops == 0, cap
