@@ -50,6 +50,7 @@ import contextlib
 import json
 import os
 import select
+import shlex
 import shutil
 import signal
 import socket
@@ -257,16 +258,15 @@ class Host:
     def popen(self, argv: Sequence[str], *, cpus: float | None = None, **kwargs: Any) -> subprocess.Popen:
         """Start ``argv`` in this host's namespace (and, with ``cpus``, under that CPU cap); stopped
         by ``Network.close``."""
+        command = self.command(argv)
         if cpus is not None:
-            procs = [str(group / "cgroup.procs") for group in self.network._cgroups(self, cpus)]
-
-            def enter() -> None:  # in the child, before exec: everything it starts stays capped
-                for path in procs:
-                    with open(path, "w") as f:
-                        f.write(str(os.getpid()))
-
-            kwargs["preexec_fn"] = enter
-        proc = subprocess.Popen(self.command(argv), **kwargs)
+            # A shell joins the cgroups, then execs `ip netns exec` (same pid): the command runs
+            # capped from its first instruction, and everything it starts stays capped. (Joining
+            # happens before entering the namespace: `ip netns exec` mounts a /sys without cgroups.)
+            procs = " ".join(shlex.quote(str(g / "cgroup.procs")) for g in self.network._cgroups(self, cpus))
+            join = f'for g in {procs}; do echo $$ > "$g" || exit 125; done; exec "$@"'
+            command = ["sh", "-c", join, "sh", *command]
+        proc = subprocess.Popen(command, **kwargs)
         self.network.processes.append(proc)
         return proc
 

@@ -19,8 +19,9 @@ import functools
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.cluster.conftest import BIN, cli_env
@@ -90,6 +91,7 @@ class Cluster:
     address: str  # the coordinator's tcp://<host 0>:<port>
     port: int
     root: Path
+    processes: list[subprocess.Popen] = field(default_factory=list)  # the daemons
 
     @property
     def client_dir(self) -> Path:
@@ -115,8 +117,23 @@ class Cluster:
             "with Client(config.cluster.coordinator, curve=curve_keys(config.cluster)) as client:\n"
             f"    client.wait_for_workers({count}, timeout_s={timeout})\n"
         )
-        done = self.client_run([sys.executable, "-c", script], timeout=timeout + 30)
-        assert done.returncode == 0, done.stderr
+        waiter = self.client.popen(
+            [sys.executable, "-c", script],
+            cwd=self.client_dir,
+            env=cli_env(),
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + timeout + 30
+        while waiter.poll() is None:
+            exited = [(p.args, p.returncode) for p in self.processes if p.poll() is not None]
+            if exited or time.monotonic() > deadline:
+                waiter.kill()
+                waiter.wait()
+                raise AssertionError(f"workers did not join; daemons that exited: {exited}")
+            time.sleep(0.2)
+        assert waiter.stderr is not None
+        assert waiter.returncode == 0, waiter.stderr.read()
 
 
 def start_cluster(
@@ -159,6 +176,7 @@ def start_cluster(
     line = proc.stdout.readline().split()
     assert line and line[0] == "READY", f"the coordinator did not start (exit {proc.poll()})"
     address = line[1]
+    daemons = [proc]
     for host, name in zip(worker_hosts, worker_names(workers), strict=True):
         security = insecure_flag("osiris-worker")
         if keys:
@@ -168,10 +186,9 @@ def start_cluster(
         wd.mkdir()
         command = [str(BIN / "osiris-worker"), "--coordinator", address, "--worker-id", name]
         command += ["--bind-host", host.address, "--slots", str(slots), "--spill-dir", str(wd / "spill")]
-        host.popen([*command, *security, *worker_flags], cwd=wd, env=env, cpus=worker_cpus)
-    cluster = Cluster(
-        net, coordinator, list(worker_hosts), client, address, int(address.rsplit(":", 1)[1]), root
-    )
+        daemons.append(host.popen([*command, *security, *worker_flags], cwd=wd, env=env, cpus=worker_cpus))
+    port = int(address.rsplit(":", 1)[1])
+    cluster = Cluster(net, coordinator, list(worker_hosts), client, address, port, root, daemons)
     cluster.client_dir.mkdir()
     settings = f"cluster:\n  coordinator: {address}\n"
     if keys:
