@@ -31,12 +31,27 @@ TIMEOUT = 240.0  # seconds for one step (start, join, run) on a loaded 2-core ma
 
 
 @functools.cache
-def accepts(binary: str, flag: str) -> bool:
-    """Whether a command lists ``flag`` in its --help (how the tests follow flags other work adds)."""
+def help_text(*command: str) -> str:
     shown = subprocess.run(
-        [str(BIN / binary), "--help"], env=cli_env(), capture_output=True, text=True, timeout=120
+        [str(BIN / command[0]), *command[1:], "--help"],
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
-    return flag in shown.stdout
+    return shown.stdout
+
+
+def accepts(binary: str, flag: str) -> bool:
+    """Whether a daemon lists ``flag`` in its --help (how these tests follow flags other work adds)."""
+    return flag in help_text(binary).split()
+
+
+def keys_subcommands() -> set[str]:
+    """The subcommands of ``osiris-flight keys`` (the first word of each line under "Commands:")."""
+    text = help_text("osiris-flight", "keys")
+    listed = text.split("Commands:", 1)[1] if "Commands:" in text else ""
+    return {line.split()[0] for line in listed.splitlines() if line.strip()}
 
 
 def tls_available() -> bool:
@@ -44,12 +59,20 @@ def tls_available() -> bool:
     return accepts("osiris-worker", "--tls-cert")
 
 
-def tls_flags(keys: Path, name: str) -> list[str]:
-    """A worker's Flight TLS flags: its certificate and key, made by the keys command next to its
-    CURVE keys; empty while the worker has no TLS."""
+def tls_flags(keys: Path) -> list[str]:
+    """The workers' Flight TLS flags: the certificate and key that ``osiris-flight keys tls`` made
+    in ``keys/tls`` (one for every worker) and the cluster CA; empty while workers have no TLS."""
     if not tls_available():
         return []
-    return ["--tls-cert", str(keys / f"{name}.crt"), "--tls-key", str(keys / f"{name}.crt_key")]
+    tls = keys / "tls"
+    return [
+        "--tls-cert",
+        str(tls / "worker.pem"),
+        "--tls-key",
+        str(tls / "worker.key"),
+        "--tls-ca",
+        str(tls / "ca.pem"),
+    ]
 
 
 def insecure_flag(binary: str) -> list[str]:
@@ -62,23 +85,36 @@ def worker_names(count: int) -> list[str]:
     return [f"worker-{i}" for i in range(1, count + 1)]
 
 
+def keys_command(*args: str) -> subprocess.CompletedProcess[str]:
+    made = subprocess.run(
+        [str(BIN / "osiris-flight"), "keys", *args],
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert made.returncode == 0, made.stderr
+    return made
+
+
 def make_keys(root: Path, workers: int) -> Path:
-    """``root/keys``: a keypair per process, made with ``osiris-flight keys create``;
-    ``root/authorized`` holds the public keys the coordinator accepts (every worker's, the client's)."""
+    """``root/keys``: a CURVE keypair per process, made with ``osiris-flight keys create``, and, when
+    workers have TLS, ``keys/tls`` made with ``osiris-flight keys tls``. ``root/authorized`` holds the
+    public keys the coordinator accepts: every worker's and the client's, in the role subdirectories
+    ``workers/`` and ``clients/`` where the coordinator has roles (``keys cluster`` makes that
+    layout), else side by side."""
     keys, authorized = root / "keys", root / "authorized"
+    roles = "cluster" in keys_subcommands()
     authorized.mkdir(parents=True)
     for name in ["coordinator", *worker_names(workers), "client"]:
-        made = subprocess.run(
-            [str(BIN / "osiris-flight"), "keys", "create", name, "--dir", str(keys), "--json"],
-            env=cli_env(),
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert made.returncode == 0, made.stderr
+        made = keys_command("create", name, "--dir", str(keys), "--json")
         public = Path(json.loads(made.stdout)["public_key_file"])
         if name != "coordinator":
-            (authorized / public.name).write_bytes(public.read_bytes())
+            folder = authorized / ("clients" if name == "client" else "workers") if roles else authorized
+            folder.mkdir(exist_ok=True)
+            (folder / public.name).write_bytes(public.read_bytes())
+    if tls_available():
+        keys_command("tls", str(keys / "tls"))
     return keys
 
 
@@ -181,7 +217,7 @@ def start_cluster(
         security = insecure_flag("osiris-worker")
         if keys:
             security = ["--curve-secret-key", str(keys / f"{name}.key_secret")]
-            security += ["--curve-server-key", str(keys / "coordinator.key"), *tls_flags(keys, name)]
+            security += ["--curve-server-key", str(keys / "coordinator.key"), *tls_flags(keys)]
         wd = root / name
         wd.mkdir()
         command = [str(BIN / "osiris-worker"), "--coordinator", address, "--worker-id", name]
