@@ -43,6 +43,9 @@ log = logging.getLogger("osiris_flight.coordinator")
 # attempt (same worker-side key, same temporary file name). No task reaches 1,000 attempts:
 # max_attempts and the scheduler's disturbance limit bound them far below.
 RESUME_ATTEMPT_STRIDE = 1000
+# In a run directory started with a CURVE key: that key's principal, so that only it (or an admin)
+# resumes the run. A public key, not a secret.
+OWNER_FILE = "owner"
 
 
 @dataclass(frozen=True)
@@ -477,6 +480,15 @@ class Coordinator:
             first_attempt = 1
             if msg.resume:
                 run_dir = find_run(root, msg.run_id)
+                owner = run_dir.path / OWNER_FILE
+                if (
+                    owner.exists()
+                    and owner.read_text().strip() not in (peer.principal, "")
+                    and (Role.ADMIN not in peer.roles)
+                ):
+                    raise ValueError(
+                        f"run {msg.run_id} was started with another key; its owner or an admin resumes it"
+                    )
                 journal = read_journal(run_dir.journal)
                 if journal.manifest_fingerprint not in (None, manifest.fingerprint()):
                     raise ValueError(
@@ -488,6 +500,8 @@ class Coordinator:
                 first_attempt = 1 + RESUME_ATTEMPT_STRIDE * journal.attempts
             else:
                 run_dir = RunDir.create(root, manifest.name, msg.run_id)
+                if peer.principal.startswith("key:"):  # a socket identity does not outlive the client
+                    (run_dir.path / OWNER_FILE).write_text(peer.principal + "\n", encoding="utf-8")
                 run_dir.manifest.write_text(manifest.to_json(), encoding="utf-8")
                 run_dir.plan.write_text(
                     json.dumps(plan.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8"

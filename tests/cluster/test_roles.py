@@ -295,6 +295,10 @@ def test_a_client_cannot_see_or_cancel_another_clients_run_and_an_admin_can(
             run.kill()
     assert run.returncode != 0
     assert "stopped by the admin" in json.loads(out)["error"]
+    # Another client key cannot resume it either (the run directory names its owner's key).
+    use_client_key(tmp_path, address, keys, "other")
+    resumed = osiris(["run", "--resume", run_id, "--cluster", address, "--json"], tmp_path)
+    assert resumed.code != 0 and "started with another key" in resumed.stdout + resumed.stderr
 
 
 def test_a_worker_key_cannot_submit_and_a_client_key_cannot_stop_the_coordinator(
