@@ -471,3 +471,68 @@ def test_an_assignment_never_acknowledged_is_rerun_elsewhere():
     s.handle(TaskStarted("r", "s0.p0", again.attempt, now=10.5))
     assert not s.handle(Tick(now=100.0))  # acknowledged: no timeout however long it runs
     assert of(RunSucceeded, finish(s, again)) == [RunSucceeded("r")]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    plans(),
+    st.lists(
+        st.tuples(
+            st.sampled_from(["ok", "transient", "terminal", "cancel", "lose", "join", "tick"]),
+            st.integers(0, 50),
+        ),
+        max_size=40,
+    ),
+)
+def test_any_run_ends_exactly_once_and_a_failed_one_frees_every_slot(plan: Plan, script: list) -> None:
+    """Terminal failures and cancels among the rest: the run ends with exactly one RunSucceeded or
+    RunFailed, only after every attempt it cancelled reported back (or its worker was lost, or the
+    drain timed out), every slot is free then, and nothing about the run comes out afterwards."""
+    s = Scheduler(drain_timeout_s=25.0)
+    for wid, slots in (("w0", 2), ("w1", 1)):
+        s.handle(WorkerJoined(wid, slots, now=0.0))
+    issued: dict[tuple[str, int], str] = {}  # (task, attempt) -> worker, every attempt ever assigned
+    endings: list = []
+    now, spawned = 0.0, 2
+
+    def apply(instructions: list) -> None:
+        for ins in instructions:
+            if isinstance(ins, Assign):
+                issued[(ins.task_id, ins.attempt)] = ins.worker_id
+            elif isinstance(ins, (RunSucceeded, RunFailed)):
+                endings.append(ins)
+            if endings and ins is not endings[-1]:
+                assert not isinstance(ins, (Assign, Retry, Recompute)), ins  # nothing after the end
+            if isinstance(ins, RunFailed):
+                assert all(
+                    s.holder("r", t, a) is None for (t, a) in issued
+                )  # it left the scheduler: no attempt is held any more
+
+    def live() -> list[tuple[str, int, str]]:
+        return [(t, a, w) for (t, a), w in issued.items() if s.holder("r", t, a) == w]
+
+    apply(s.handle(RunSubmitted("r", plan, now=now, max_attempts=3)))
+    steps = [(action, pick) for action, pick in script] + [("drain", 0)] * 2000
+    for action, pick in steps:
+        if "r" not in s.runs:
+            break
+        now += 10.0
+        running = live()
+        if action == "join":
+            apply(s.handle(WorkerJoined(f"w{spawned}", 1 + pick % 2, now=now)))
+            spawned += 1
+        elif action == "lose" and len(s.workers) > 1:
+            apply(s.handle(WorkerLost(sorted(s.workers)[pick % len(s.workers)], "test", now=now)))
+        elif action == "cancel":
+            apply(s.handle(RunCancelled("r", "test", now=now)))
+        elif action in ("ok", "transient", "terminal", "drain") and running:
+            t, a, w = running[pick % len(running)]
+            if action in ("ok", "drain") and not s.runs["r"].finished:
+                apply(s.handle(TaskSucceeded("r", t, a, w, now=now)))
+            else:
+                apply(s.handle(TaskFailed("r", t, a, w, "x", action == "transient", now=now)))
+        apply(s.handle(Tick(now=now)))
+    assert "r" not in s.runs and len(endings) == 1
+    assert all(not w.running for w in s.workers.values())
+    for t, a, w in [(t, a, w) for (t, a), w in issued.items()]:
+        assert s.handle(TaskFailed("r", t, a, w, "late", False, now=now + 1)) == []
