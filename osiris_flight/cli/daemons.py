@@ -89,7 +89,11 @@ def _config(path: str | None) -> Config:
 @click.option("--parent-pid", type=int, default=None, hidden=True)
 @click.option("--announce", is_flag=True, hidden=True, help="print READY <address> on stdout once bound")
 @click.option("--curve-secret-key", default=None, help="CURVE: the coordinator's NAME.key_secret file")
-@click.option("--curve-authorized-keys", default=None, help="CURVE: directory of the public keys it accepts")
+@click.option(
+    "--curve-authorized-keys",
+    default=None,
+    help="CURVE: directory of accepted public keys, one subdirectory per role: workers/, clients/, admins/",
+)
 @click.option("--no-curve", is_flag=True, hidden=True, help="the embedded cluster: loopback, no CURVE")
 @click.option(
     "--insecure",
