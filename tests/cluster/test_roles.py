@@ -396,3 +396,33 @@ def test_a_daemon_beyond_loopback_needs_keys_or_insecure(tmp_path: Path, keys: P
         proc.terminate()
         _, err = proc.communicate(timeout=30)
     assert "INSECURE" in err
+
+
+def test_keys_cluster_makes_every_key_in_place_and_never_overwrites(tmp_path: Path) -> None:
+    made = osiris(["keys", "cluster", str(tmp_path / "k"), "--json"], tmp_path)
+    assert made.code == 0, made.stderr
+    placed = {
+        Path(entry["file"]).relative_to(tmp_path / "k").as_posix(): entry["goes_to"] for entry in made.json()
+    }
+    assert set(placed) == {
+        "coordinator.key_secret",
+        "coordinator.key",
+        "authorized",
+        "worker.key_secret",
+        "client.key_secret",
+        "admin.key_secret",
+    }
+    modes = {
+        path.relative_to(tmp_path / "k").as_posix(): path.stat().st_mode & 0o777
+        for path in (tmp_path / "k").rglob("*")
+        if path.is_file()
+    }
+    assert modes == {
+        **{f"{name}.key_secret": 0o600 for name in ("coordinator", "worker", "client", "admin")},
+        **{f"{name}.key": 0o644 for name in ("coordinator", "worker", "client", "admin")},
+        "authorized/workers/worker.key": 0o644,
+        "authorized/clients/client.key": 0o644,
+        "authorized/admins/admin.key": 0o644,
+    }
+    again = osiris(["keys", "cluster", str(tmp_path / "k")], tmp_path)
+    assert again.code == 2 and "exist" in again.stderr and "Traceback" not in again.stderr
