@@ -330,8 +330,14 @@ class Coordinator:
             return
         if isinstance(message, ATTEMPT_REPORTS):
             holder = self.scheduler.holder(message.run_id, message.task_id, message.attempt)
-            if holder is None:
-                return  # about an attempt that ended (cancelled, rerun elsewhere): nothing to do
+            if holder is None:  # about an attempt that ended (cancelled, rerun elsewhere): nothing to do
+                log.debug(
+                    "ignored %s about %s attempt %d: not running",
+                    message.op,
+                    message.task_id,
+                    message.attempt,
+                )
+                return
             if holder != worker_id:
                 self._refuse(
                     peer,
