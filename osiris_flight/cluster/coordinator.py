@@ -30,7 +30,15 @@ import zmq
 from osiris_flight import protocol as p
 from osiris_flight.cluster import scheduler as s
 from osiris_flight.cluster.curve import CurveKeys, KeyRoles, is_loopback, secure_server
-from osiris_flight.cluster.roles import ALL_ROLES, ATTEMPT_REPORTS, WORKER_REPORTS, Role, refusal
+from osiris_flight.cluster.roles import (
+    ALL_ROLES,
+    ATTEMPT_REPORTS,
+    WORKER_REPORTS,
+    Peer,
+    record_owner,
+    refusal,
+    resume_refusal,
+)
 from osiris_flight.cluster.run_tracker import RunTracker
 from osiris_flight.errors import InvalidInput, Problem, ProtocolError, UpstreamLost
 from osiris_flight.oml.model import Manifest, Plan, parse_task_id
@@ -43,9 +51,6 @@ log = logging.getLogger("osiris_flight.coordinator")
 # attempt (same worker-side key, same temporary file name). No task reaches 1,000 attempts:
 # max_attempts and the scheduler's disturbance limit bound them far below.
 RESUME_ATTEMPT_STRIDE = 1000
-# In a run directory started with a CURVE key: that key's principal, so that only it (or an admin)
-# resumes the run. A public key, not a secret.
-OWNER_FILE = "owner"
 
 
 @dataclass(frozen=True)
@@ -65,16 +70,6 @@ class CoordinatorOptions:
     parent_pid: int | None = None
     max_respawns: int = 16
     curve: CurveKeys | None = None  # CURVE-encrypted and authenticated control plane (curve.py)
-
-
-@dataclass(frozen=True)
-class Peer:
-    """Who sent a message: its socket identity, the principal it acts as (``key:<Z85 public key>``
-    with CURVE, ``id:<socket identity>`` without) and the roles it holds."""
-
-    identity: bytes
-    principal: str
-    roles: frozenset[Role]
 
 
 @dataclass
@@ -414,12 +409,12 @@ class Coordinator:
     def _owned(self, peer: Peer, run_id: str) -> bool:
         """Whether ``peer`` may follow or cancel the run: its submitter, or an admin."""
         run = self.runs.get(run_id)
-        return run is not None and (run.owner == peer.principal or Role.ADMIN in peer.roles)
+        return run is not None and (run.owner == peer.principal or peer.admin)
 
     def _status(self, peer: Peer) -> p.ClusterStatus:
         """All workers and runs for an admin; a client sees its own runs and the workers' count and
         slots (not where their Flight servers listen)."""
-        admin = Role.ADMIN in peer.roles
+        admin = peer.admin
         workers = [
             {
                 "worker_id": w.worker_id,
@@ -486,15 +481,8 @@ class Coordinator:
             first_attempt = 1
             if msg.resume:
                 run_dir = find_run(root, msg.run_id)
-                owner = run_dir.path / OWNER_FILE
-                if (
-                    owner.exists()
-                    and owner.read_text().strip() not in (peer.principal, "")
-                    and (Role.ADMIN not in peer.roles)
-                ):
-                    raise ValueError(
-                        f"run {msg.run_id} was started with another key; its owner or an admin resumes it"
-                    )
+                if refused := resume_refusal(run_dir.path, peer):
+                    raise ValueError(f"run {msg.run_id}: {refused}")
                 journal = read_journal(run_dir.journal)
                 if journal.manifest_fingerprint not in (None, manifest.fingerprint()):
                     raise ValueError(
@@ -506,8 +494,7 @@ class Coordinator:
                 first_attempt = 1 + RESUME_ATTEMPT_STRIDE * journal.attempts
             else:
                 run_dir = RunDir.create(root, manifest.name, msg.run_id)
-                if peer.principal.startswith("key:"):  # a socket identity does not outlive the client
-                    (run_dir.path / OWNER_FILE).write_text(peer.principal + "\n", encoding="utf-8")
+                record_owner(run_dir.path, peer)
                 run_dir.manifest.write_text(manifest.to_json(), encoding="utf-8")
                 run_dir.plan.write_text(
                     json.dumps(plan.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8"

@@ -9,7 +9,10 @@ Without CURVE (the embedded cluster, whose socket only its user can reach, or a 
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 
 from osiris_flight import protocol as p
 
@@ -69,3 +72,46 @@ def refusal(message: p.Message, roles: frozenset[Role]) -> str | None:
     held = ", ".join(sorted(roles)) or "no role"
     needed = " or ".join(sorted(allowed))
     return f"{message.op!r} needs the {needed} role; this key holds {held}"
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Who sent a message: its socket identity, the principal it acts as (``key:<Z85 public key>``
+    with CURVE, ``id:<socket identity, hex>`` without) and the roles it holds."""
+
+    identity: bytes
+    principal: str
+    roles: frozenset[Role]
+
+    @property
+    def admin(self) -> bool:
+        return Role.ADMIN in self.roles
+
+
+# In a run directory started with a CURVE key: that key's principal (a public key, not a secret), so
+# that only it or an admin resumes the run. A socket identity does not outlive its client: no file.
+OWNER_FILE = "owner.json"
+OWNER_VERSION = 1
+
+
+def record_owner(run_dir: Path, peer: Peer) -> None:
+    if peer.principal.startswith("key:"):
+        record = {"owner_version": OWNER_VERSION, "principal": peer.principal}
+        (run_dir / OWNER_FILE).write_text(json.dumps(record) + "\n", encoding="utf-8")
+
+
+def resume_refusal(run_dir: Path, peer: Peer) -> str | None:
+    """Why ``peer`` may not resume the run in ``run_dir``; None if it may (an admin always may)."""
+    path = run_dir / OWNER_FILE
+    if peer.admin or not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        version, owner = record["owner_version"], record["principal"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"{path}: unreadable owner record ({exc}); an admin can resume the run"
+    if version != OWNER_VERSION:
+        return f"{path}: owner_version {version!r} is not supported (this coordinator reads {OWNER_VERSION})"
+    if owner != peer.principal:
+        return "the run was started with another key; its owner or an admin resumes it"
+    return None
