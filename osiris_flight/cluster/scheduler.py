@@ -559,6 +559,8 @@ class Scheduler:
         self._ensure_inputs(run, t, out)
 
     def _ensure_inputs(self, run: RunState, t: TaskState, out: list[Instruction]) -> None:
+        if run.finished:  # failed on the way (a disturbance limit): nothing will read them again
+            return
         for dep_id in t.deps:
             dep = run.tasks[dep_id]
             if dep.status in (Status.DONE, Status.SKIPPED) and not dep.output_available:

@@ -488,7 +488,7 @@ def test_any_run_ends_exactly_once_and_a_failed_one_frees_every_slot(plan: Plan,
     """Terminal failures and cancels among the rest: the run ends with exactly one RunSucceeded or
     RunFailed, only after every attempt it cancelled reported back (or its worker was lost, or the
     drain timed out), every slot is free then, and nothing about the run comes out afterwards."""
-    s = Scheduler(drain_timeout_s=25.0)
+    s = Scheduler(drain_timeout_s=25.0, max_disturbances=2)
     for wid, slots in (("w0", 2), ("w1", 1)):
         s.handle(WorkerJoined(wid, slots, now=0.0))
     issued: dict[tuple[str, int], str] = {}  # (task, attempt) -> worker, every attempt ever assigned
