@@ -18,7 +18,7 @@ cluster:
   coordinator: null         # tcp://host:port of a running osiris-coordinator; null = embedded cluster
   curve_secret_key: null    # CurveZMQ (docs/running.md): this process's NAME.key_secret
   curve_server_key: null    # workers and clients: the coordinator's public NAME.key
-  curve_authorized_keys: null  # coordinator: directory of the public keys it accepts
+  curve_authorized_keys: null  # coordinator: accepted public keys in workers/, clients/, admins/
 run_logs: run_logs
 connections_file: null      # default: $OSIRIS_CONNECTIONS_FILE, then ./osiris_connections.yaml
 plugins: []                 # modules with extra COMPONENTS

@@ -20,7 +20,10 @@ import msgpack
 
 from osiris_flight.errors import ProtocolError
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
+# Changed in v4:
+# - ClusterStatus: a client is shown only the runs it submitted, and each worker's worker_id and
+#   slots only; an admin (roles.py) sees every run and each worker's host, pid, flight_uri and stats.
 # Retired in v3: TaskFinished.spills (a spill is reported when it happens, OutputSpilled: an output
 # usually spills after its task finished, when newer outputs need the memory) and RunEvent
 # ("run_event", one event per message; RunEvents carries what a coordinator pass produced).

@@ -2,6 +2,9 @@
 
 Both read ``osiris.yaml`` (``--config``) for defaults; flags win. The embedded local cluster starts
 exactly these entry points as child processes (``python -m osiris_flight.cli.daemons ...``).
+
+Secure by default: a coordinator listening on, or a worker connecting to, an address other hosts can
+reach refuses to start without CURVE keys (exit 2) unless ``--insecure`` is given.
 """
 
 from __future__ import annotations
@@ -44,6 +47,28 @@ def _or_exit(make: Callable[[], T]) -> T:
         sys.exit(exc.exit_code)
 
 
+def _require_keys(address: str, flag: str, keys_flags: str, insecure: bool) -> None:
+    """Exit 2 when ``address`` reaches beyond this host and CURVE is off, unless ``--insecure``."""
+    from osiris_flight.cluster.curve import is_loopback
+
+    if is_loopback(address):
+        return
+    if insecure:
+        logging.getLogger("osiris_flight.daemons").warning(
+            "INSECURE (--insecure): %s %s without CURVE keys; the control plane, connection secrets "
+            "included, is open to anyone who can reach it",
+            flag,
+            address,
+        )
+        return
+    click.echo(
+        f"error: {flag} {address} is reachable from other hosts and no CURVE keys are set: give "
+        f"{keys_flags} (osiris-flight keys cluster DIR makes them), or --insecure to run without",
+        err=True,
+    )
+    sys.exit(2)
+
+
 def _config(path: str | None) -> Config:
     try:
         return load_config(path)
@@ -64,8 +89,17 @@ def _config(path: str | None) -> Config:
 @click.option("--parent-pid", type=int, default=None, hidden=True)
 @click.option("--announce", is_flag=True, hidden=True, help="print READY <address> on stdout once bound")
 @click.option("--curve-secret-key", default=None, help="CURVE: the coordinator's NAME.key_secret file")
-@click.option("--curve-authorized-keys", default=None, help="CURVE: directory of the public keys it accepts")
+@click.option(
+    "--curve-authorized-keys",
+    default=None,
+    help="CURVE: directory of accepted public keys, one subdirectory per role: workers/, clients/, admins/",
+)
 @click.option("--no-curve", is_flag=True, hidden=True, help="the embedded cluster: loopback, no CURVE")
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="listen beyond this host without CURVE keys (anyone reaching it is trusted)",
+)
 @click.option("--log-level", default="warning", show_default=True)
 def coordinator_main(
     config_path: str | None,
@@ -79,6 +113,7 @@ def coordinator_main(
     curve_secret_key: str | None,
     curve_authorized_keys: str | None,
     no_curve: bool,
+    insecure: bool,
     log_level: str,
 ) -> None:
     """Run the coordinator: accepts workers and runs, schedules tasks."""
@@ -93,8 +128,11 @@ def coordinator_main(
         curve = _or_exit(
             lambda: curve_keys(config.cluster, curve_secret_key, authorized_keys=curve_authorized_keys)
         )
+    address = bind or config.cluster.coordinator or "tcp://127.0.0.1:5555"
+    if curve is None:
+        _require_keys(address, "--bind", "--curve-secret-key and --curve-authorized-keys", insecure)
     options = CoordinatorOptions(
-        bind=bind or config.cluster.coordinator or "tcp://127.0.0.1:5555",
+        bind=address,
         heartbeat_interval_s=engine.heartbeat_interval_s,
         heartbeat_misses=engine.heartbeat_misses,
         plugins=config.plugins,
@@ -148,6 +186,9 @@ def coordinator_main(
 @click.option("--parent-pid", type=int, default=None, hidden=True)
 @click.option("--curve-secret-key", default=None, help="CURVE: this worker's NAME.key_secret file")
 @click.option("--curve-server-key", default=None, help="CURVE: the coordinator's public NAME.key file")
+@click.option(
+    "--insecure", is_flag=True, help="join a coordinator beyond this host without CURVE keys (in clear)"
+)
 @click.option("--log-level", default="warning", show_default=True)
 def worker_main(
     config_path: str | None,
@@ -165,6 +206,7 @@ def worker_main(
     parent_pid: int | None,
     curve_secret_key: str | None,
     curve_server_key: str | None,
+    insecure: bool,
     log_level: str,
 ) -> None:
     """Run a worker: joins a coordinator, runs tasks, serves outputs over Arrow Flight."""
@@ -185,6 +227,8 @@ def worker_main(
     curve = _or_exit(lambda: curve_keys(config.cluster, curve_secret_key, curve_server_key))
     if curve is not None:
         _or_exit(lambda: client_keys(curve))
+    else:
+        _require_keys(address, "--coordinator", "--curve-secret-key and --curve-server-key", insecure)
     options = WorkerOptions(
         coordinator=address,
         worker_id=worker_id,

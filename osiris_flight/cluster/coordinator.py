@@ -4,6 +4,12 @@ It registers workers, watches their heartbeats (any message counts; a worker is 
 ``heartbeat_misses`` silent intervals), accepts runs from clients, feeds the scheduler and carries
 out its instructions. In local mode it also owns the worker processes: it starts them, sees a child
 exit at once (EOF on the child's stdout pipe, which the poller watches) and starts a replacement.
+
+Every message is checked before it is handled (a refused one gets Reject, is logged, and changes
+nothing): the sender's role must allow it (roles.py; with CURVE the role comes from the sender's
+key), a worker's report must come from the worker the attempt was assigned to (and with the key that
+worker registered with), and a run is cancelled or shown only to the principal that submitted it
+(its CURVE key, or without CURVE its socket identity) or an admin.
 """
 
 from __future__ import annotations
@@ -23,7 +29,16 @@ import zmq
 
 from osiris_flight import protocol as p
 from osiris_flight.cluster import scheduler as s
-from osiris_flight.cluster.curve import CurveKeys, secure_server
+from osiris_flight.cluster.curve import CurveKeys, KeyRoles, is_loopback, secure_server
+from osiris_flight.cluster.roles import (
+    ALL_ROLES,
+    ATTEMPT_REPORTS,
+    WORKER_REPORTS,
+    Peer,
+    record_owner,
+    refusal,
+    resume_refusal,
+)
 from osiris_flight.cluster.run_tracker import RunTracker
 from osiris_flight.errors import InvalidInput, Problem, ProtocolError, UpstreamLost
 from osiris_flight.oml.model import Manifest, Plan, parse_task_id
@@ -31,17 +46,6 @@ from osiris_flight.runs.journal import JournalError, read_journal
 from osiris_flight.runs.rundir import RunDir, find_run
 
 log = logging.getLogger("osiris_flight.coordinator")
-# What only a registered worker sends about its tasks.
-WORKER_REPORTS = (
-    p.Heartbeat,
-    p.TaskStarted,
-    p.TaskProgress,
-    p.TaskTelemetry,
-    p.TaskCheckpoint,
-    p.OutputSpilled,
-    p.TaskFinished,
-    p.TaskFailed,
-)
 # A resumed run numbers its attempts from 1 + this x the runs before it (1001, 2001, ...): a task
 # of an earlier incarnation still being cancelled on some worker can then never be taken for a new
 # attempt (same worker-side key, same temporary file name). No task reaches 1,000 attempts:
@@ -72,6 +76,7 @@ class CoordinatorOptions:
 class WorkerInfo:
     worker_id: str
     identity: bytes
+    principal: str
     flight_uri: str
     slots: int
     last_seen: float
@@ -84,6 +89,7 @@ class WorkerInfo:
 class ActiveRun:
     tracker: RunTracker
     client: bytes
+    owner: str  # the principal that submitted it
     manifest: Manifest
     plan: Plan
     connections: dict[str, dict[str, Any]]
@@ -101,7 +107,9 @@ class Coordinator:
         self.options = options
         # An assignment is acknowledged by TaskStarted at once; ten heartbeats without it (at least
         # 10 s) means the message was lost (a peer reconnecting drops what was sent meanwhile).
-        self.scheduler = s.Scheduler(start_timeout_s=max(10.0, 10 * options.heartbeat_interval_s))
+        # A failed run's tasks get as long to report their cancellation before RunFailed goes out.
+        patience = max(10.0, 10 * options.heartbeat_interval_s)
+        self.scheduler = s.Scheduler(start_timeout_s=patience, drain_timeout_s=patience)
         self.workers: dict[str, WorkerInfo] = {}
         self.runs: dict[str, ActiveRun] = {}
         self.children: dict[int, LocalChild] = {}
@@ -110,7 +118,10 @@ class Coordinator:
         self.sock = self._zmq.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 1000)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self._authenticator = secure_server(self._zmq, self.sock, options.curve) if options.curve else None
+        self._authenticator = None
+        self._key_roles: KeyRoles | None = None
+        if options.curve is not None:
+            self._authenticator, self._key_roles = secure_server(self._zmq, self.sock, options.curve)
         try:
             self.sock.bind(options.bind)
         except zmq.ZMQError as exc:
@@ -124,6 +135,12 @@ class Coordinator:
                 )
             ) from None
         self.address = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        if options.curve is None and not is_loopback(options.bind):
+            log.warning(
+                "INSECURE: %s takes peers without CURVE keys: anyone who can reach it can register as a "
+                "worker (and receive connection secrets), submit, cancel and stop runs",
+                self.address,
+            )
         self.poller = zmq.Poller()
         self.poller.register(self.sock, zmq.POLLIN)
         self._stop = False
@@ -153,12 +170,12 @@ class Coordinator:
             if self.sock in events:
                 while True:
                     try:
-                        identity, frame = self.sock.recv_multipart(zmq.NOBLOCK)
+                        frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
                     except zmq.Again:
                         break
-                    except ValueError:
+                    if len(frames) != 2:
                         continue
-                    self._receive(identity, frame)
+                    self._receive(self._peer(frames[0].bytes, frames[1]), frames[1].bytes)
             for fd in events:
                 if isinstance(fd, int):
                     self._drain_child_pipe(fd)
@@ -175,8 +192,10 @@ class Coordinator:
                 self._stop = True
 
     def _teardown(self) -> None:
+        now = time.monotonic()
         for run_id in list(self.runs):
-            self._finish_run(run_id, "failed", "coordinator stopped; resume with --resume " + run_id)
+            reason = "coordinator stopped; resume with --resume " + run_id
+            self._execute(self.scheduler.handle(s.RunCancelled(run_id, reason, now, drain=False)))
         for worker in self.workers.values():
             self._send(worker.identity, p.Shutdown("coordinator stopping"))
         deadline = time.monotonic() + 5.0
@@ -224,8 +243,10 @@ class Coordinator:
         ]
         if o.spill_dir:
             cmd += ["--spill-dir", o.spill_dir]
-        if o.curve is not None:  # its own workers hold the coordinator's keypair, always accepted
+        if o.curve is not None:  # its own workers hold the coordinator's keypair (worker and admin)
             cmd += ["--curve-secret-key", o.curve.secret_key, "--curve-server-key", o.curve.secret_key]
+        else:  # as insecure as their coordinator, which said so in its log
+            cmd += ["--insecure"]
         process = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent
         )
@@ -266,64 +287,104 @@ class Coordinator:
         except zmq.ZMQError as exc:  # peer gone (ROUTER_MANDATORY) or its queue full
             log.warning("cannot send %s to %r: %s", message.op, identity, exc)
 
-    def _receive(self, identity: bytes, frame: bytes) -> None:
+    def _peer(self, identity: bytes, frame: zmq.Frame) -> Peer:
+        if self._key_roles is None:  # no CURVE: a private socket, or --insecure
+            return Peer(identity, "id:" + identity.hex(), ALL_ROLES)
+        user_id = str(frame.get("User-Id"))  # the sender's public key, Z85 (set at the CURVE handshake)
+        return Peer(identity, "key:" + user_id, self._key_roles.of(user_id))
+
+    def _refuse(self, peer: Peer, message: p.Message, reason: str) -> None:
+        log.warning("refused %s from %r (%s): %s", message.op, peer.identity, peer.principal, reason)
+        self._send(peer.identity, p.Reject(reason))
+
+    def _receive(self, peer: Peer, frame: bytes) -> None:
+        identity = peer.identity
         try:
             message = p.decode(frame)
         except ProtocolError as exc:
             log.warning("rejected a message from %r: %s", identity, exc)
             self._send(identity, p.Reject(str(exc)))
             return
+        if reason := refusal(message, peer.roles):
+            self._refuse(peer, message, reason)
+            return
         worker_id = identity.decode(errors="replace")
-        if worker_id in self.workers:
-            self.workers[worker_id].last_seen = time.monotonic()
+        worker = self.workers.get(worker_id)
+        if worker is not None and worker.principal != peer.principal:
+            self._refuse(peer, message, f"worker {worker_id!r} registered with another key")
+            return
+        if worker is not None:
+            worker.last_seen = time.monotonic()
         elif isinstance(message, WORKER_REPORTS):
             # A worker declared dead while busy (it sends reports, not heartbeats): tell it now, so it
             # drops the work that was rerun elsewhere and joins again, instead of finishing it unseen.
             self._send(identity, p.Reject(f"unknown worker {worker_id!r}: register again"))
             return
+        if isinstance(message, WORKER_REPORTS) and getattr(message, "worker_id", worker_id) != worker_id:
+            self._refuse(peer, message, f"a report of worker {worker_id!r} names another worker")
+            return
+        if isinstance(message, ATTEMPT_REPORTS):
+            holder = self.scheduler.holder(message.run_id, message.task_id, message.attempt)
+            if holder is None:  # about an attempt that ended (cancelled, rerun elsewhere): nothing to do
+                log.debug(
+                    "ignored %s about %s attempt %d: not running",
+                    message.op,
+                    message.task_id,
+                    message.attempt,
+                )
+                return
+            if holder != worker_id:
+                self._refuse(
+                    peer,
+                    message,
+                    f"{message.task_id} attempt {message.attempt} is not assigned to {worker_id!r}",
+                )
+                return
+        run = self.runs.get(message.run_id) if isinstance(message, ATTEMPT_REPORTS) else None
         match message:
             case p.Register():
-                self._register(identity, message)
+                self._register(peer, message)
             case p.Heartbeat():
-                self.workers[worker_id].stats = {
+                assert worker is not None
+                worker.stats = {
                     "rss_bytes": message.rss_bytes,
                     "store_bytes": message.store_bytes,
                     "spilled_bytes": message.spilled_bytes,
                 }
             case p.TaskStarted():
-                if (run := self.runs.get(message.run_id)) and self._is_current(message):
+                if run:
                     run.tracker.task_started(message)
                 self._feed(s.TaskStarted(message.run_id, message.task_id, message.attempt, time.monotonic()))
             case p.TaskProgress():
-                if (run := self.runs.get(message.run_id)) and self._is_current(message):
+                if run:
                     run.tracker.task_progress(message)
             case p.TaskTelemetry():
-                if (run := self.runs.get(message.run_id)) and self._is_current(message):
+                if run:
                     run.tracker.task_telemetry(message)
             case p.TaskCheckpoint():
-                if (run := self.runs.get(message.run_id)) and self._is_current(message):
+                if run:
                     run.tracker.task_checkpoint(message)
             case p.OutputSpilled():
                 # Any attempt's output, finished or not: the disk it took is real either way.
-                if run := self.runs.get(message.run_id):
-                    run.tracker.output_spilled(message)
+                if spilled := self.runs.get(message.run_id):
+                    spilled.tracker.output_spilled(message)
             case p.TaskFinished():
-                if (run := self.runs.get(message.run_id)) and self._is_current(message):
+                if run:
                     run.tracker.task_finished(message)
                 self._feed(
                     s.TaskSucceeded(
-                        message.run_id, message.task_id, message.attempt, message.worker_id, time.monotonic()
+                        message.run_id, message.task_id, message.attempt, worker_id, time.monotonic()
                     )
                 )
             case p.TaskFailed():
-                if (run := self.runs.get(message.run_id)) and self._is_current(message):
+                if run:
                     run.tracker.task_failed(message)
                 self._feed(
                     s.TaskFailed(
                         message.run_id,
                         message.task_id,
                         message.attempt,
-                        message.worker_id,
+                        worker_id,
                         message.error,
                         message.transient,
                         time.monotonic(),
@@ -333,57 +394,53 @@ class Coordinator:
             case p.Goodbye():
                 self._lose_worker(worker_id, f"said goodbye: {message.reason}")
             case p.SubmitRun():
-                self._submit(identity, message)
+                self._submit(peer, message)
             case p.CancelRun():
-                self._feed(
-                    s.RunCancelled(message.run_id, message.reason or "cancelled by client", time.monotonic())
-                )
+                if self._owned(peer, message.run_id):
+                    reason = message.reason or "cancelled by client"
+                    self._feed(s.RunCancelled(message.run_id, reason, time.monotonic()))
+                else:
+                    self._refuse(peer, message, f"no active run {message.run_id!r} of this client")
             case p.ClusterStatusRequest():
-                self._send(
-                    identity,
-                    p.ClusterStatus(
-                        workers=[
-                            {
-                                "worker_id": w.worker_id,
-                                "host": w.host,
-                                "pid": w.pid,
-                                "slots": w.slots,
-                                "flight_uri": w.flight_uri,
-                                **w.stats,
-                            }
-                            for w in self.workers.values()
-                        ],
-                        runs=list(self.runs),
-                    ),
-                )
+                self._send(identity, self._status(peer))
             case p.Shutdown():
                 self._shutdown_requested_by = identity
-            case _:
-                self._send(identity, p.Reject(f"the coordinator does not accept {message.op!r}"))
 
-    def _is_current(
-        self,
-        message: p.TaskStarted
-        | p.TaskProgress
-        | p.TaskTelemetry
-        | p.TaskCheckpoint
-        | p.TaskFinished
-        | p.TaskFailed,
-    ) -> bool:
-        run = self.scheduler.runs.get(message.run_id)
-        if run is None or message.task_id not in run.tasks:
-            return False
-        task = run.tasks[message.task_id]
-        return task.attempt == message.attempt and task.status is s.Status.RUNNING
+    def _owned(self, peer: Peer, run_id: str) -> bool:
+        """Whether ``peer`` may follow or cancel the run: its submitter, or an admin."""
+        run = self.runs.get(run_id)
+        return run is not None and (run.owner == peer.principal or peer.admin)
 
-    def _register(self, identity: bytes, msg: p.Register) -> None:
+    def _status(self, peer: Peer) -> p.ClusterStatus:
+        """All workers and runs for an admin; a client sees its own runs and the workers' count and
+        slots (not where their Flight servers listen)."""
+        admin = peer.admin
+        workers = [
+            {
+                "worker_id": w.worker_id,
+                "slots": w.slots,
+                **({"host": w.host, "pid": w.pid, "flight_uri": w.flight_uri, **w.stats} if admin else {}),
+            }
+            for w in self.workers.values()
+        ]
+        return p.ClusterStatus(workers=workers, runs=[r for r in self.runs if self._owned(peer, r)])
+
+    def _register(self, peer: Peer, msg: p.Register) -> None:
+        identity = peer.identity
         if identity.decode(errors="replace") != msg.worker_id:
-            self._send(identity, p.Reject("worker id must equal the socket identity"))
+            self._refuse(peer, msg, "worker id must equal the socket identity")
             return
         if msg.worker_id in self.workers:
             self._lose_worker(msg.worker_id, "registered again")
         self.workers[msg.worker_id] = WorkerInfo(
-            msg.worker_id, identity, msg.flight_uri, msg.slots, time.monotonic(), msg.pid, msg.host
+            msg.worker_id,
+            identity,
+            peer.principal,
+            msg.flight_uri,
+            msg.slots,
+            time.monotonic(),
+            msg.pid,
+            msg.host,
         )
         self._send(
             identity, p.Welcome(msg.worker_id, self.options.heartbeat_interval_s, list(self.options.plugins))
@@ -410,7 +467,11 @@ class Coordinator:
                 self._lose_worker(worker.worker_id, f"missed {self.options.heartbeat_misses} heartbeats")
 
     # -- runs ----------------------------------------------------------------------------------
-    def _submit(self, client: bytes, msg: p.SubmitRun) -> None:
+    def _submit(self, peer: Peer, msg: p.SubmitRun) -> None:
+        client = peer.identity
+        if msg.run_id in self.runs:
+            self._send(client, p.RunFinished(msg.run_id, "failed", f"run {msg.run_id} is already active"))
+            return
         try:
             manifest = Manifest.from_dict(msg.manifest)
             plan = Plan.from_dict(msg.plan)
@@ -420,6 +481,8 @@ class Coordinator:
             first_attempt = 1
             if msg.resume:
                 run_dir = find_run(root, msg.run_id)
+                if refused := resume_refusal(run_dir.path, peer):
+                    raise ValueError(f"run {msg.run_id}: {refused}")
                 journal = read_journal(run_dir.journal)
                 if journal.manifest_fingerprint not in (None, manifest.fingerprint()):
                     raise ValueError(
@@ -431,6 +494,7 @@ class Coordinator:
                 first_attempt = 1 + RESUME_ATTEMPT_STRIDE * journal.attempts
             else:
                 run_dir = RunDir.create(root, manifest.name, msg.run_id)
+                record_owner(run_dir.path, peer)
                 run_dir.manifest.write_text(manifest.to_json(), encoding="utf-8")
                 run_dir.plan.write_text(
                     json.dumps(plan.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8"
@@ -438,9 +502,6 @@ class Coordinator:
         except (InvalidInput, JournalError, ValueError, KeyError, OSError) as exc:
             error = str(exc)
             self._send(client, p.RunFinished(msg.run_id, "failed", f"cannot start run: {error}"))
-            return
-        if msg.run_id in self.runs or msg.run_id in self.scheduler.runs:
-            self._send(client, p.RunFinished(msg.run_id, "failed", f"run {msg.run_id} is already active"))
             return
 
         def forward(events: list[dict[str, Any]], client: bytes = client, run_id: str = msg.run_id) -> None:
@@ -456,21 +517,13 @@ class Coordinator:
             forward=forward,
         )
         self.runs[msg.run_id] = ActiveRun(
-            tracker, client, manifest, plan, msg.connections, batch_rows=msg.batch_rows
+            tracker, client, peer.principal, manifest, plan, msg.connections, batch_rows=msg.batch_rows
         )
-        instructions = self.scheduler.handle(
+        self._feed(
             s.RunSubmitted(
                 msg.run_id, plan, time.monotonic(), msg.max_attempts, frozenset(committed), first_attempt
             )
         )
-        skipped = sorted(
-            t.task_id
-            for t in self.scheduler.runs[msg.run_id].tasks.values()
-            if t.status in (s.Status.SKIPPED, s.Status.DONE)
-        )
-        self._send(client, p.RunAccepted(msg.run_id, str(run_dir.path), skipped))
-        tracker.start(skipped)
-        self._execute(instructions)
 
     def _feed(self, event: s.Event) -> None:
         self._execute(self.scheduler.handle(event))
@@ -479,6 +532,13 @@ class Coordinator:
         for ins in instructions:
             run = self.runs.get(ins.run_id) if hasattr(ins, "run_id") else None
             match ins:
+                case s.RunStarted():
+                    if run:
+                        self._send(
+                            run.client,
+                            p.RunAccepted(ins.run_id, str(run.tracker.run_dir.path), list(ins.skipped)),
+                        )
+                        run.tracker.start(list(ins.skipped))
                 case s.Assign():
                     self._assign(ins)
                 case s.Cancel():
@@ -498,6 +558,12 @@ class Coordinator:
                 case s.RunSucceeded():
                     self._finish_run(ins.run_id, "success", "")
                 case s.RunFailed():
+                    if ins.unstopped:
+                        log.warning(
+                            "run %s ends with tasks that never confirmed their cancellation: %s",
+                            ins.run_id,
+                            ", ".join(ins.unstopped),
+                        )
                     self._finish_run(ins.run_id, "failed", ins.error, ins.task_id)
 
     def _assign(self, ins: s.Assign) -> None:
@@ -535,16 +601,15 @@ class Coordinator:
         )
 
     def _finish_run(self, run_id: str, status: str, error: str, failed_task: str | None = None) -> None:
+        """The scheduler ended the run (every task of it stopped): write the final status, free the
+        workers' outputs of it, tell the client."""
         run = self.runs.pop(run_id, None)
         if run is None:
             return
-        if status != "success" and run_id in self.scheduler.runs and not self.scheduler.runs[run_id].finished:
-            self.scheduler.handle(s.RunCancelled(run_id, error, time.monotonic()))
         summary = run.tracker.finish(status, error, failed_task)
         for worker in self.workers.values():
             self._send(worker.identity, p.ReleaseOutputs(run_id))
         self._send(run.client, p.RunFinished(run_id, status, error, summary))
-        self.scheduler.runs.pop(run_id, None)
 
 
 def _connection_refs(value: Any) -> list[str]:

@@ -8,25 +8,39 @@ connection, so adding a worker is dropping its ``.key`` file there); workers and
 own keypair and the coordinator's public key. A peer whose key is not authorized never completes
 the handshake: it cannot register, submit, or receive a single message.
 
-Key files are libzmq's certificate format (``zmq.auth.create_certificates``): ``NAME.key`` holds the
-public key, ``NAME.key_secret`` both keys; ``osiris-flight keys create NAME`` writes a pair.
+A key is authorized *for a role* (roles.py): the authorized keys directory has one subdirectory per
+role, ``workers/``, ``clients/`` and ``admins/``. A key file placed directly in the directory grants
+nothing: the coordinator refuses to start while one is there (and ignores one added later, with a
+warning), rather than guess its role. The handshake records each key's roles (``KeyRoles``); the
+coordinator reads them per message from the ZAP User-Id (the key, Z85).
 
-The embedded local cluster talks over loopback only and does not use CURVE. Flight streams (task
-data, never secrets) are not covered by this module.
+Key files are libzmq's certificate format (``zmq.auth.create_certificates``): ``NAME.key`` holds the
+public key, ``NAME.key_secret`` both keys; ``osiris-flight keys create NAME`` writes a pair and
+``osiris-flight keys cluster DIR`` a whole cluster's (``create_cluster_keys``).
+
+The embedded local cluster does not use CURVE. Flight streams are not covered by this module.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 import os
+import shutil
+import socket
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
+from osiris_flight.cluster.roles import ROLE_DIRS, Role
 from osiris_flight.config import ClusterConfig
 from osiris_flight.errors import InvalidInput, Problem
+
+log = logging.getLogger("osiris_flight.curve")
 
 
 @dataclass(frozen=True)
@@ -82,28 +96,48 @@ def _load(path: str, what: str, secret: bool) -> tuple[bytes, bytes | None]:
     return public, private
 
 
-def secure_server(context: zmq.Context, sock: zmq.Socket, keys: CurveKeys) -> ThreadAuthenticator:
-    """Make ``sock`` (before it binds) a CURVE server accepting only authorized public keys and the
-    coordinator's own (the workers it spawns use its keypair). Stop the returned authenticator when
-    the socket closes."""
+def secure_server(
+    context: zmq.Context, sock: zmq.Socket, keys: CurveKeys
+) -> tuple[ThreadAuthenticator, KeyRoles]:
+    """Make ``sock`` (before it binds) a CURVE server accepting only keys authorized for a role, and
+    the coordinator's own (the workers it spawns use its keypair). Returns the authenticator (stop it
+    when the socket closes) and the roles of the keys that connected, by Z85 key (the User-Id of
+    their messages)."""
     public, secret = _load(keys.secret_key, "coordinator's secret key", secret=True)
     directory = Path(keys.authorized_keys) if keys.authorized_keys else None
-    if directory is not None and not directory.is_dir():
-        raise InvalidInput(
-            Problem(
-                "the authorized keys directory does not exist",
-                file=str(directory),
-                hint="a directory of the workers' and clients' NAME.key files",
-            )
-        )
-
+    if directory is not None:
+        check_authorized_dir(directory)
+    roles = KeyRoles(public, directory)
     authenticator = ThreadAuthenticator(context)
     authenticator.start()
-    authenticator.configure_curve_callback(domain="*", credentials_provider=_Authorized(public, directory))
+    authenticator.configure_curve_callback(domain="*", credentials_provider=roles)
     sock.curve_secretkey = secret
     sock.curve_publickey = public
     sock.curve_server = True
-    return authenticator
+    return authenticator, roles
+
+
+def check_authorized_dir(directory: Path) -> None:
+    """InvalidInput unless ``directory`` has role subdirectories and no key file outside them."""
+    layout = "workers/, clients/ and admins/ subdirectories (osiris-flight keys cluster DIR makes them)"
+    if not directory.is_dir():
+        raise InvalidInput(
+            Problem("the authorized keys directory does not exist", file=str(directory), hint=layout)
+        )
+    if stray := sorted(directory.glob("*.key")):
+        raise InvalidInput(
+            Problem(
+                f"{stray[0].name} is directly in the authorized keys directory, which grants no role",
+                file=str(directory),
+                hint="move each NAME.key into workers/, clients/ or admins/",
+            )
+        )
+    if not any((directory / name).is_dir() for name in ROLE_DIRS):
+        raise InvalidInput(
+            Problem(
+                "the authorized keys directory has no role subdirectory", file=str(directory), hint=layout
+            )
+        )
 
 
 def client_keys(keys: CurveKeys) -> tuple[bytes, bytes, bytes]:
@@ -149,24 +183,102 @@ def create_keypair(directory: str | Path, name: str) -> tuple[Path, Path]:
     return Path(public), Path(secret)
 
 
-def _authorized(directory: Path | None) -> set[bytes]:
+def authorized_roles(directory: Path | None) -> dict[bytes, frozenset[Role]]:
+    """Z85 public key -> roles, from the role subdirectories of ``directory``."""
+    found: dict[bytes, set[Role]] = {}
     if directory is None:
-        return set()
-    keys = set()
-    for path in directory.glob("*.key"):
-        try:
-            public, _ = zmq.auth.load_certificate(str(path))
-        except (OSError, ValueError):
-            continue  # a file being written, or not a certificate: not a key to accept
-        keys.add(public)
-    return keys
+        return {}
+    for name, role in ROLE_DIRS.items():
+        for path in (directory / name).glob("*.key"):
+            try:
+                public, _ = zmq.auth.load_certificate(str(path))
+            except (OSError, ValueError):
+                continue  # a file being written, or not a certificate: not a key to accept
+            found.setdefault(public, set()).add(role)
+    return {key: frozenset(roles) for key, roles in found.items()}
 
 
-class _Authorized:
-    """The credentials provider pyzmq's authenticator asks at each CURVE handshake (keys in Z85)."""
+class KeyRoles:
+    """The credentials provider pyzmq's authenticator asks at each CURVE handshake (keys in Z85),
+    which also remembers the roles each accepted key was given, for the coordinator to look up."""
 
     def __init__(self, own: bytes, directory: Path | None) -> None:
         self.own, self.directory = own, directory
+        self._roles: dict[str, frozenset[Role]] = {own.decode("ascii"): frozenset({Role.WORKER, Role.ADMIN})}
 
     def callback(self, _domain: str, key: bytes) -> bool:
-        return key == self.own or key in _authorized(self.directory)
+        if key == self.own:
+            return True
+        roles = authorized_roles(self.directory).get(key, frozenset())
+        if not roles and self.directory is not None and any(self.directory.glob("*.key")):
+            log.warning(
+                "a key file directly in %s grants no role: move it into workers/, clients/ or admins/",
+                self.directory,
+            )
+        if roles:  # written by the authenticator's thread before the peer's first message is read
+            self._roles[key.decode("ascii")] = roles
+        return bool(roles)
+
+    def of(self, user_id: str) -> frozenset[Role]:
+        """The roles of the key whose Z85 form is ``user_id`` (a message's ZAP User-Id)."""
+        return self._roles.get(user_id, frozenset())
+
+
+def is_loopback(address: str) -> bool:
+    """Whether a ZeroMQ address stays on this host: ipc://, inproc://, or tcp:// to a loopback
+    address (``*``, 0.0.0.0, a LAN address or a name that resolves elsewhere are not)."""
+    scheme, _, rest = address.partition("://")
+    if scheme in ("ipc", "inproc"):
+        return True
+    host = urlsplit(f"//{rest}").hostname or ""
+    if host in ("", "*"):
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(info[4][0]).is_loopback for info in infos)
+
+
+# The keys ``create_cluster_keys`` makes: (name, the role its public key is authorized for).
+CLUSTER_KEYS = (("worker", Role.WORKER), ("client", Role.CLIENT), ("admin", Role.ADMIN))
+
+
+def create_cluster_keys(directory: str | Path) -> list[tuple[Path, str]]:
+    """A whole cluster's CURVE keys in ``directory``: the coordinator's keypair, one keypair per
+    role (worker, client, admin) and the ``authorized/`` directory with each public key in its role
+    subdirectory. Returns each file written with where it goes, in order."""
+    folder = Path(directory)
+    authorized = folder / "authorized"
+    for path in [
+        folder / "coordinator.key",
+        *(folder / f"{name}.key" for name, _ in CLUSTER_KEYS),
+        authorized,
+    ]:
+        if path.exists():
+            raise InvalidInput(Problem("keys exist there already", file=str(path), hint="pick an empty DIR"))
+    folder.mkdir(parents=True, exist_ok=True)
+    public, secret = create_keypair(folder, "coordinator")
+    placed = [
+        (secret, "coordinator host: cluster.curve_secret_key (--curve-secret-key)"),
+        (public, "every worker and client host: cluster.curve_server_key (--curve-server-key)"),
+    ]
+    for name in ROLE_DIRS:
+        (authorized / name).mkdir(parents=True, exist_ok=True)
+        os.chmod(authorized / name, 0o755)
+    os.chmod(authorized, 0o755)
+    placed.append((authorized, "coordinator host: cluster.curve_authorized_keys (--curve-authorized-keys)"))
+    role_dir = {role: name for name, role in ROLE_DIRS.items()}
+    for name, role in CLUSTER_KEYS:
+        public, secret = create_keypair(folder, name)
+        copy = authorized / role_dir[role] / public.name
+        shutil.copyfile(public, copy)
+        os.chmod(copy, 0o644)
+        placed.append((secret, f"{name} hosts: cluster.curve_secret_key (the {role} role)"))
+    return placed

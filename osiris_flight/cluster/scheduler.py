@@ -19,6 +19,12 @@ Policy, in short:
   message was lost on the way) is cancelled and rerun elsewhere, as a disturbance.
 * Sinks commit once: a done sink is never rerun. On resume, sinks already committed in the journal
   are done, and every task that only fed them is skipped.
+* A run that fails or is cancelled *drains*: every running attempt is cancelled, and RunFailed comes
+  only once each of them reported back (finished or failed) or its worker was lost, or after
+  ``drain_timeout_s`` (RunFailed then names the attempts that never answered). So when the client
+  hears "failed", no task of the run is still writing anywhere.
+* A run leaves the scheduler with its final instruction (RunSucceeded or RunFailed); reports about it
+  that arrive later are ignored.
 """
 
 from __future__ import annotations
@@ -93,9 +99,13 @@ class TaskFailed:
 
 @dataclass(frozen=True)
 class RunCancelled:
+    """Stop the run. ``drain``: wait (bounded) for its running attempts to stop before RunFailed;
+    without it (the coordinator itself is stopping) RunFailed comes at once."""
+
     run_id: str
     reason: str
     now: float
+    drain: bool = True
 
 
 @dataclass(frozen=True)
@@ -119,6 +129,15 @@ Event = (
 
 
 # -- instructions -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunStarted:
+    """The run was accepted; ``skipped`` are its tasks already done (resume) or not needed. Always
+    the first instruction of a RunSubmitted."""
+
+    run_id: str
+    skipped: tuple[str, ...]
+
+
 @dataclass(frozen=True)
 class InputLocation:
     """One partition of an input stage: which worker serves it and which attempt to fetch."""
@@ -185,12 +204,16 @@ class RunSucceeded:
 
 @dataclass(frozen=True)
 class RunFailed:
+    """The run ended failed. ``unstopped``: attempts (task ids) cancelled that never reported back
+    within the drain timeout (their workers are alive but silent about them)."""
+
     run_id: str
     error: str
     task_id: str | None = None
+    unstopped: tuple[str, ...] = ()
 
 
-Instruction = Assign | Cancel | Release | Retry | Recompute | RunSucceeded | RunFailed
+Instruction = RunStarted | Assign | Cancel | Release | Retry | Recompute | RunSucceeded | RunFailed
 
 
 # -- state ------------------------------------------------------------------------------------------
@@ -237,18 +260,25 @@ class RunState:
     tasks: dict[str, TaskState]
     max_attempts: int
     max_disturbances: int
-    finished: bool = False
+    finished: bool = False  # no more scheduling: succeeded, or failed and draining
+    # Draining (a failed run): its final RunFailed, sent once no task is RUNNING or at the deadline.
+    outcome: RunFailed | None = None
+    drain_deadline: float = 0.0
     # PENDING tasks as (order, task_id), sorted: the scheduler scans only these, in plan order.
     pending: list[tuple[int, str]] = field(default_factory=list)
     unfinished: int = 0  # tasks neither DONE nor SKIPPED
 
 
 class Scheduler:
-    def __init__(self, max_disturbances: int = 8, start_timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, max_disturbances: int = 8, start_timeout_s: float = 30.0, drain_timeout_s: float = 30.0
+    ) -> None:
         self.workers: dict[str, WorkerState] = {}
-        self.runs: dict[str, RunState] = {}
+        self.runs: dict[str, RunState] = {}  # active runs, draining ones included
         self.max_disturbances = max_disturbances
         self.start_timeout_s = start_timeout_s
+        self.drain_timeout_s = drain_timeout_s
+        self._now = 0.0  # the ``now`` of the event being handled
         # Assignments not yet acknowledged: (run id, task id) -> (attempt, deadline). Checked on
         # ticks; entries of attempts that moved on are dropped then.
         self._unstarted: dict[tuple[str, str], tuple[int, float]] = {}
@@ -256,6 +286,7 @@ class Scheduler:
     # -- entry point ---------------------------------------------------------------------------
     def handle(self, event: Event) -> list[Instruction]:
         out: list[Instruction] = []
+        self._now = event.now
         match event:
             case WorkerJoined():
                 self.workers[event.worker_id] = WorkerState(event.worker_id, max(1, event.slots))
@@ -274,8 +305,11 @@ class Scheduler:
                 run = self.runs.get(event.run_id)
                 if run is not None and not run.finished:
                     self._fail_run(run, f"cancelled: {event.reason}", None, out)
+                if run is not None and not event.drain and event.run_id in self.runs:
+                    self._end_drain(run, out)
             case Tick():
                 self._check_unstarted(event.now, out)
+                self._check_drains(event.now, out)
         self._schedule(event.now, out)
         return out
 
@@ -284,7 +318,17 @@ class Scheduler:
         return self.runs[run_id].tasks[task_id]
 
     def active_runs(self) -> list[str]:
-        return [r.run_id for r in self.runs.values() if not r.finished]
+        """Runs not yet ended (a draining run counts: its tasks are still stopping)."""
+        return list(self.runs)
+
+    def holder(self, run_id: str, task_id: str, attempt: int) -> str | None:
+        """The worker running this attempt now (draining included), or None: a report about the
+        attempt from any other worker is forged or stale."""
+        run = self.runs.get(run_id)
+        t = run.tasks.get(task_id) if run is not None else None
+        if t is None or t.status is not Status.RUNNING or t.attempt != attempt:
+            return None
+        return t.worker
 
     # -- handlers ------------------------------------------------------------------------------
     def _submit(self, ev: RunSubmitted, out: list[Instruction]) -> None:
@@ -320,9 +364,15 @@ class Scheduler:
                 and all(tasks[c].status in (Status.DONE, Status.SKIPPED) for c in t.consumers)
             ):
                 self._set_status(run, t, Status.SKIPPED)
+        skipped = tuple(
+            sorted(t.task_id for t in tasks.values() if t.status in (Status.SKIPPED, Status.DONE))
+        )
+        out.append(RunStarted(ev.run_id, skipped))
         self._check_run_done(run, out)
 
     def _succeeded(self, ev: TaskSucceeded, out: list[Instruction]) -> None:
+        if self._drained(ev.run_id, ev.task_id, ev.attempt, Status.DONE, out):
+            return
         t = self._current(ev.run_id, ev.task_id, ev.attempt)
         if t is None:
             return
@@ -341,6 +391,8 @@ class Scheduler:
         self._check_run_done(run, out)
 
     def _failed(self, ev: TaskFailed, out: list[Instruction]) -> None:
+        if self._drained(ev.run_id, ev.task_id, ev.attempt, Status.FAILED, out):
+            return
         t = self._current(ev.run_id, ev.task_id, ev.attempt)
         if t is None:
             return
@@ -412,10 +464,10 @@ class Scheduler:
         if worker is None:
             return
         reason = f"worker {ev.worker_id} lost ({ev.reason})"
-        for run in self.runs.values():
-            if run.finished:
-                continue
+        for run in list(self.runs.values()):
             for t in list(run.tasks.values()):  # plan order
+                if run.finished:
+                    break
                 if t.worker != ev.worker_id:
                     continue
                 if t.status is Status.RUNNING:
@@ -424,6 +476,12 @@ class Scheduler:
                     t.output_available = False
                     if self._needed(run, t):
                         self._reset_done(run, t, reason, out)
+            if run.outcome is not None and run.run_id in self.runs:
+                # Draining: what ran on the lost worker has stopped with it.
+                for t in run.tasks.values():
+                    if t.status is Status.RUNNING and t.worker == ev.worker_id:
+                        self._set_status(run, t, Status.FAILED)
+                self._maybe_end_drain(run, out)
 
     # -- helpers -------------------------------------------------------------------------------
     def _set_status(self, run: RunState, t: TaskState, status: Status) -> None:
@@ -501,6 +559,8 @@ class Scheduler:
         self._ensure_inputs(run, t, out)
 
     def _ensure_inputs(self, run: RunState, t: TaskState, out: list[Instruction]) -> None:
+        if run.finished:  # failed on the way (a disturbance limit): nothing will read them again
+            return
         for dep_id in t.deps:
             dep = run.tasks[dep_id]
             if dep.status in (Status.DONE, Status.SKIPPED) and not dep.output_available:
@@ -517,18 +577,56 @@ class Scheduler:
         t.released = True
 
     def _fail_run(self, run: RunState, error: str, task_id: str | None, out: list[Instruction]) -> None:
+        """Cancel every running attempt and drain: RunFailed once they all stopped (_end_drain).
+        Their slots stay taken until then: the work is still on the worker."""
         for t in run.tasks.values():
             if t.status is Status.RUNNING and t.worker is not None:
                 out.append(Cancel(t.run_id, t.task_id, t.attempt, t.worker, "run failed"))
-                self._free_slot(t)
-                self._set_status(run, t, Status.PENDING)
         run.finished = True
-        out.append(RunFailed(run.run_id, error, task_id))
+        run.outcome = RunFailed(run.run_id, error, task_id)
+        run.drain_deadline = self._now + self.drain_timeout_s
+        self._maybe_end_drain(run, out)
+
+    def _drained(
+        self, run_id: str, task_id: str, attempt: int, status: Status, out: list[Instruction]
+    ) -> bool:
+        """A report of a draining run: the attempt (if it was one still running) has stopped."""
+        run = self.runs.get(run_id)
+        if run is None or run.outcome is None:
+            return False
+        t = run.tasks.get(task_id)
+        if t is not None and t.status is Status.RUNNING and t.attempt == attempt:
+            self._free_slot(t)
+            self._set_status(run, t, status)
+            self._maybe_end_drain(run, out)
+        return True
+
+    def _maybe_end_drain(self, run: RunState, out: list[Instruction]) -> None:
+        if not any(t.status is Status.RUNNING for t in run.tasks.values()):
+            self._end_drain(run, out)
+
+    def _end_drain(self, run: RunState, out: list[Instruction]) -> None:
+        assert run.outcome is not None
+        unstopped = []
+        for t in run.tasks.values():
+            if t.status is Status.RUNNING:
+                unstopped.append(t.task_id)
+                self._free_slot(t)
+                self._set_status(run, t, Status.FAILED)
+        outcome = run.outcome
+        out.append(RunFailed(outcome.run_id, outcome.error, outcome.task_id, tuple(unstopped)))
+        del self.runs[run.run_id]
+
+    def _check_drains(self, now: float, out: list[Instruction]) -> None:
+        for run in list(self.runs.values()):
+            if run.outcome is not None and now >= run.drain_deadline:
+                self._end_drain(run, out)
 
     def _check_run_done(self, run: RunState, out: list[Instruction]) -> None:
         if not run.finished and run.unfinished == 0:
             run.finished = True
             out.append(RunSucceeded(run.run_id))
+            del self.runs[run.run_id]
 
     def _ready(self, run: RunState, t: TaskState, now: float) -> bool:
         if t.status is not Status.PENDING or t.not_before > now:

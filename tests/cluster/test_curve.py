@@ -56,7 +56,11 @@ class Relay:
                 inbound, _ = self._listener.accept()
             except OSError:
                 return
-            outbound = socket.create_connection(self.target)
+            try:
+                outbound = socket.create_connection(self.target)
+            except OSError:  # the coordinator is stopping
+                inbound.close()
+                continue
             for a, b in ((inbound, outbound), (outbound, inbound)):
                 threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
 
@@ -80,11 +84,11 @@ class Relay:
 @pytest.fixture
 def keys(tmp_path: Path) -> Path:
     folder, authorized = tmp_path / "keys", tmp_path / "authorized"
-    authorized.mkdir()
     for name in ("coordinator", "worker", "client", "rogue"):
         create_keypair(folder, name)
-    for name in ("worker", "client"):
-        shutil.copy(folder / f"{name}.key", authorized / f"{name}.key")
+    for name, role in (("worker", "workers"), ("client", "clients")):
+        (authorized / role).mkdir(parents=True)
+        shutil.copy(folder / f"{name}.key", authorized / role / f"{name}.key")
     return folder
 
 

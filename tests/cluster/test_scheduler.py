@@ -5,11 +5,13 @@ from __future__ import annotations
 from osiris_flight.cluster.scheduler import (
     Assign,
     Cancel,
+    InputLocation,
     Recompute,
     Release,
     Retry,
     RunCancelled,
     RunFailed,
+    RunStarted,
     RunSubmitted,
     RunSucceeded,
     Scheduler,
@@ -112,13 +114,76 @@ def test_attempts_are_bounded():
     assert "failed 2 times" in failed.error and "boom again" in failed.error
 
 
-def test_terminal_failure_fails_run_and_cancels_the_rest():
+def test_terminal_failure_cancels_the_rest_and_fails_the_run_once_they_stopped():
     s = cluster(("w1", 4))
     a = {x.task_id: x for x in of(Assign, s.handle(RunSubmitted("r", DIAMOND, now=0.0)))}
-    out = s.handle(TaskFailed("r", "s1.p0", 1, a["s1.p0"].worker_id, "unknown column 'x'", False, now=1.0))
-    assert of(RunFailed, out) == [RunFailed("r", "unknown column 'x'", "s1.p0")]
-    assert {c.task_id for c in of(Cancel, out)} == {"s0.p0", "s2.p0", "s3.p0"}
-    assert not of(Assign, s.handle(Tick(now=2.0)))
+    out = s.handle(TaskFailed("r", "s1.p0", 1, "w1", "unknown column 'x'", False, now=1.0))
+    assert out == [
+        Release("r", "s1.p0", 1, "w1"),  # the failed attempt's partial output
+        Cancel("r", "s0.p0", 1, "w1", "run failed"),
+        Cancel("r", "s2.p0", 1, "w1", "run failed"),
+        Cancel("r", "s3.p0", 1, "w1", "run failed"),
+    ]
+    assert s.holder("r", "s2.p0", 1) == "w1"  # still stopping: its report is still accepted
+    assert s.handle(Tick(now=2.0)) == []  # draining: nothing new starts, nothing ends yet
+    assert s.handle(TaskFailed("r", "s0.p0", 1, "w1", "cancelled", False, now=2.0)) == []
+    assert s.handle(TaskSucceeded("r", "s3.p0", 1, "w1", now=2.5)) == []  # finished before the cancel
+    assert s.handle(TaskFailed("r", "s2.p0", 1, "w1", "cancelled", False, now=3.0)) == [
+        RunFailed("r", "unknown column 'x'", "s1.p0")
+    ]
+    assert s.active_runs() == [] and s.workers["w1"].free == 4
+    assert s.handle(TaskFailed("r", "s2.p0", 1, "w1", "late", False, now=4.0)) == []
+    assert a["s1.p0"].worker_id == "w1"
+
+
+def test_a_drain_ends_when_the_worker_of_a_stopping_task_is_lost():
+    s = cluster(("w1", 1), ("w2", 1))
+    plan = Plan((Stage("s0", ("a",), output="sink"), Stage("s1", ("b",), output="sink")))
+    a = {x.task_id: x for x in of(Assign, s.handle(RunSubmitted("r", plan, now=0.0)))}
+    w0, w1 = a["s0.p0"].worker_id, a["s1.p0"].worker_id
+    assert s.handle(TaskFailed("r", "s0.p0", 1, w0, "boom", False, now=1.0)) == [
+        Cancel("r", "s1.p0", 1, w1, "run failed")
+    ]
+    assert s.handle(WorkerLost(w1, "missed 3 heartbeats", now=2.0)) == [RunFailed("r", "boom", "s0.p0")]
+
+
+def test_a_drain_is_bounded_and_names_the_attempts_that_never_answered():
+    s = Scheduler(drain_timeout_s=30.0)
+    s.handle(WorkerJoined("w1", 2, now=0.0))
+    plan = Plan((Stage("s0", ("a",), output="sink"), Stage("s1", ("b",), output="sink")))
+    s.handle(RunSubmitted("r", plan, now=0.0))
+    assert s.handle(RunCancelled("r", "Ctrl-C", now=1.0)) == [
+        Cancel("r", "s0.p0", 1, "w1", "run failed"),
+        Cancel("r", "s1.p0", 1, "w1", "run failed"),
+    ]
+    assert s.handle(TaskFailed("r", "s1.p0", 1, "w1", "cancelled", False, now=2.0)) == []
+    assert s.handle(Tick(now=30.9)) == []
+    assert s.handle(Tick(now=31.0)) == [RunFailed("r", "cancelled: Ctrl-C", None, ("s0.p0",))]
+    assert s.active_runs() == [] and s.workers["w1"].free == 2
+
+
+def test_a_cancel_without_drain_fails_the_run_at_once():
+    s = cluster(("w1", 1))
+    plan = Plan((Stage("s0", ("a",), output="sink"),))
+    s.handle(RunSubmitted("r", plan, now=0.0))
+    assert s.handle(RunCancelled("r", "coordinator stopping", now=1.0, drain=False)) == [
+        Cancel("r", "s0.p0", 1, "w1", "run failed"),
+        RunFailed("r", "cancelled: coordinator stopping", None, ("s0.p0",)),
+    ]
+
+
+def test_holder_names_only_the_worker_running_that_attempt():
+    s = cluster(("w1", 1), ("w2", 1))
+    plan = Plan((Stage("s0", ("a",), output="sink"),))
+    assert s.handle(RunSubmitted("r", plan, now=0.0)) == [
+        RunStarted("r", ()),
+        Assign("r", "s0.p0", 1, "w2", ()),
+    ]
+    assert s.holder("r", "s0.p0", 1) == "w2"
+    assert s.holder("r", "s0.p0", 2) is None and s.holder("r", "s9.p0", 1) is None
+    assert s.holder("other", "s0.p0", 1) is None
+    assert s.handle(TaskSucceeded("r", "s0.p0", 1, "w2", now=1.0)) == [RunSucceeded("r")]
+    assert s.holder("r", "s0.p0", 1) is None  # the run ended and left the scheduler
 
 
 def test_stale_reports_are_ignored():
@@ -227,11 +292,14 @@ def test_resume_skips_committed_sinks_and_what_only_fed_them():
     out = s.handle(
         RunSubmitted("r", plan, now=0.0, committed=frozenset({"s1.p0", "s3.p0"}), first_attempt=1001)
     )
-    assert [(a.task_id, a.attempt) for a in of(Assign, out)] == [("s0.p0", 1001), ("s2.p0", 1001)]
-    assert of(Assign, out)[1].inputs[0].attempt == 1001  # reads this incarnation's output
+    assert out == [
+        RunStarted("r", ("s1.p0", "s3.p0")),
+        Assign("r", "s0.p0", 1001, "w1", ()),
+        Assign("r", "s2.p0", 1001, "w1", (InputLocation("s0", 0, "w1", 1001),)),  # this incarnation's
+    ]
     out = s.handle(RunSubmitted("r2", plan, now=0.0, committed=frozenset({"s1.p0", "s2.p0", "s3.p0"})))
-    assert of(RunSucceeded, out) == [RunSucceeded("r2")]
-    assert s.task("r2", "s0.p0").status is Status.SKIPPED
+    # s0 only fed committed sinks: skipped; the run is done at once.
+    assert out == [RunStarted("r2", ("s0.p0", "s1.p0", "s2.p0", "s3.p0")), RunSucceeded("r2")]
 
 
 def test_slots_bound_concurrency_and_free_on_completion():
@@ -247,8 +315,12 @@ def test_cancel_run():
     s = cluster(("w1", 2))
     s.handle(RunSubmitted("r", DIAMOND, now=0.0))
     out = s.handle(RunCancelled("r", "Ctrl-C", now=1.0))
-    assert of(RunFailed, out)[0].error == "cancelled: Ctrl-C"
-    assert of(Cancel, out)
+    assert out == [Cancel("r", "s0.p0", 1, "w1", "run failed"), Cancel("r", "s1.p0", 1, "w1", "run failed")]
+    assert s.handle(RunCancelled("r", "again", now=1.5)) == []
+    assert s.handle(TaskFailed("r", "s0.p0", 1, "w1", "cancelled", False, now=2.0)) == []
+    assert s.handle(TaskFailed("r", "s1.p0", 1, "w1", "cancelled", False, now=2.0)) == [
+        RunFailed("r", "cancelled: Ctrl-C")
+    ]
 
 
 def test_partitioned_stage_gathers_all_partitions():
@@ -341,7 +413,7 @@ def test_any_event_sequence_keeps_bookkeeping_exact_and_finishes(plan: Plan, scr
     for action, pick in script:
         now += 10.0
         check_bookkeeping(s)
-        if s.runs["r"].finished:
+        if "r" not in s.runs:
             break
         live = [
             a
@@ -365,7 +437,7 @@ def test_any_event_sequence_keeps_bookkeeping_exact_and_finishes(plan: Plan, scr
     # Then let everything succeed: the run must finish.
     for _ in range(10_000):
         check_bookkeeping(s)
-        if s.runs["r"].finished:
+        if "r" not in s.runs:
             break
         now += 10.0
         live = [
@@ -379,8 +451,7 @@ def test_any_event_sequence_keeps_bookkeeping_exact_and_finishes(plan: Plan, scr
         a = live[0]
         running.pop(a.task_id)
         apply(s.handle(TaskSucceeded("r", a.task_id, a.attempt, a.worker_id, now=now)))
-    assert s.runs["r"].finished
-    assert s.runs["r"].unfinished == 0
+    assert "r" not in s.runs  # succeeded (no failure is terminal here) and left the scheduler
 
 
 def test_an_assignment_never_acknowledged_is_rerun_elsewhere():
@@ -400,3 +471,68 @@ def test_an_assignment_never_acknowledged_is_rerun_elsewhere():
     s.handle(TaskStarted("r", "s0.p0", again.attempt, now=10.5))
     assert not s.handle(Tick(now=100.0))  # acknowledged: no timeout however long it runs
     assert of(RunSucceeded, finish(s, again)) == [RunSucceeded("r")]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    plans(),
+    st.lists(
+        st.tuples(
+            st.sampled_from(["ok", "transient", "terminal", "cancel", "lose", "join", "tick"]),
+            st.integers(0, 50),
+        ),
+        max_size=40,
+    ),
+)
+def test_any_run_ends_exactly_once_and_a_failed_one_frees_every_slot(plan: Plan, script: list) -> None:
+    """Terminal failures and cancels among the rest: the run ends with exactly one RunSucceeded or
+    RunFailed, only after every attempt it cancelled reported back (or its worker was lost, or the
+    drain timed out), every slot is free then, and nothing about the run comes out afterwards."""
+    s = Scheduler(drain_timeout_s=25.0, max_disturbances=2)
+    for wid, slots in (("w0", 2), ("w1", 1)):
+        s.handle(WorkerJoined(wid, slots, now=0.0))
+    issued: dict[tuple[str, int], str] = {}  # (task, attempt) -> worker, every attempt ever assigned
+    endings: list = []
+    now, spawned = 0.0, 2
+
+    def apply(instructions: list) -> None:
+        for ins in instructions:
+            if isinstance(ins, Assign):
+                issued[(ins.task_id, ins.attempt)] = ins.worker_id
+            elif isinstance(ins, (RunSucceeded, RunFailed)):
+                endings.append(ins)
+            if endings and ins is not endings[-1]:
+                assert not isinstance(ins, (Assign, Retry, Recompute)), ins  # nothing after the end
+            if isinstance(ins, RunFailed):
+                assert all(
+                    s.holder("r", t, a) is None for (t, a) in issued
+                )  # it left the scheduler: no attempt is held any more
+
+    def live() -> list[tuple[str, int, str]]:
+        return [(t, a, w) for (t, a), w in issued.items() if s.holder("r", t, a) == w]
+
+    apply(s.handle(RunSubmitted("r", plan, now=now, max_attempts=3)))
+    steps = [(action, pick) for action, pick in script] + [("drain", 0)] * 2000
+    for action, pick in steps:
+        if "r" not in s.runs:
+            break
+        now += 10.0
+        running = live()
+        if action == "join":
+            apply(s.handle(WorkerJoined(f"w{spawned}", 1 + pick % 2, now=now)))
+            spawned += 1
+        elif action == "lose" and len(s.workers) > 1:
+            apply(s.handle(WorkerLost(sorted(s.workers)[pick % len(s.workers)], "test", now=now)))
+        elif action == "cancel":
+            apply(s.handle(RunCancelled("r", "test", now=now)))
+        elif action in ("ok", "transient", "terminal", "drain") and running:
+            t, a, w = running[pick % len(running)]
+            if action in ("ok", "drain") and not s.runs["r"].finished:
+                apply(s.handle(TaskSucceeded("r", t, a, w, now=now)))
+            else:
+                apply(s.handle(TaskFailed("r", t, a, w, "x", action == "transient", now=now)))
+        apply(s.handle(Tick(now=now)))
+    assert "r" not in s.runs and len(endings) == 1
+    assert all(not w.running for w in s.workers.values())
+    for t, a, w in [(t, a, w) for (t, a), w in issued.items()]:
+        assert s.handle(TaskFailed("r", t, a, w, "late", False, now=now + 1)) == []
