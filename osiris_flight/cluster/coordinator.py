@@ -8,6 +8,7 @@ exit at once (EOF on the child's stdout pipe, which the poller watches) and star
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ import zmq
 from osiris_flight import protocol as p
 from osiris_flight.cluster import scheduler as s
 from osiris_flight.cluster.curve import CurveKeys, secure_server
+from osiris_flight.cluster.private_dir import flight_socket, private_umask
 from osiris_flight.cluster.run_tracker import RunTracker
 from osiris_flight.errors import InvalidInput, Problem, ProtocolError, UpstreamLost
 from osiris_flight.oml.model import Manifest, Plan, parse_task_id
@@ -66,6 +68,9 @@ class CoordinatorOptions:
     parent_pid: int | None = None
     max_respawns: int = 16
     curve: CurveKeys | None = None  # CURVE-encrypted and authenticated control plane (curve.py)
+    # The embedded cluster (private_dir.py): its sockets are made under umask 077 in this 0700
+    # directory, and the workers it spawns serve Flight on Unix sockets there.
+    private_dir: str | None = None
 
 
 @dataclass
@@ -112,7 +117,8 @@ class Coordinator:
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self._authenticator = secure_server(self._zmq, self.sock, options.curve) if options.curve else None
         try:
-            self.sock.bind(options.bind)
+            with private_umask() if options.private_dir else contextlib.nullcontext():
+                self.sock.bind(options.bind)  # libzmq makes an ipc:// socket file in this call
         except zmq.ZMQError as exc:
             self.sock.close(linger=0)
             if self._authenticator is not None:
@@ -224,6 +230,8 @@ class Coordinator:
         ]
         if o.spill_dir:
             cmd += ["--spill-dir", o.spill_dir]
+        if o.private_dir:
+            cmd += ["--flight-socket", flight_socket(o.private_dir, worker_id)]
         if o.curve is not None:  # its own workers hold the coordinator's keypair, always accepted
             cmd += ["--curve-secret-key", o.curve.secret_key, "--curve-server-key", o.curve.secret_key]
         process = subprocess.Popen(
