@@ -5,13 +5,13 @@ control socket (ZeroMQ ``ipc://``) and Flight servers (gRPC over Unix sockets) a
 directory of mode 0700, made under umask 077: the kernel refuses every other local user (except
 root) at the path, before any byte is exchanged, so nobody else can register as a worker, fetch a
 run's data or even list the sockets. A loopback TCP port, what this replaced, is open to every user
-of the machine. No keys are needed, so starting costs nothing extra.
+of the machine. No keys are needed: nothing to generate, no handshake.
 
-The directory is ``$XDG_RUNTIME_DIR`` when that is usable (the user's own tmpfs, 0700 by the XDG
-spec), else the temp directory: ``osiris-flight-<uid>-<pid>-<random>/`` where ``<pid>`` is the
-process that made it. It is removed when the cluster stops; one left behind by a process that died
-(SIGKILL, a crash) is removed at the next embedded start of the same user, while a live one is
-never touched. An ``owner`` file holds the creator's process start time, so that a recycled pid
+The directory, ``osiris-flight-<uid>-<pid>-<random>/`` where ``<pid>`` is the process that made it,
+is made in ``$XDG_RUNTIME_DIR`` when that is usable (the user's own tmpfs, 0700 by the XDG spec),
+else in the temp directory. It is removed when the cluster stops; one left behind by a process
+that died (SIGKILL, a crash) is removed at the next embedded start of the same user, while a live
+one is never touched. An ``owner`` file holds the creator's process start time, so that a recycled pid
 does not keep a dead run's directory alive (only the reverse mistake, keeping one, is possible).
 """
 
