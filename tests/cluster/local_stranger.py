@@ -15,12 +15,17 @@ import errno
 import glob
 import json
 import os
+import re
 import socket
 import sys
 import tempfile
 
 # ZMTP 3.0 greeting: signature, version 3.0, mechanism "NULL", as-server 0, filler.
 ZMTP_GREETING = b"\xff" + b"\x00" * 8 + b"\x7f" + b"\x03\x00" + b"NULL".ljust(20, b"\x00") + b"\x00" * 32
+
+
+# The embedded cluster's directories: osiris-flight-<uid>-<pid>-<random> (cluster/private_dir.py).
+PRIVATE_DIR = re.compile(r"osiris-flight-\d+-\d+-[^/]+")
 
 
 def _errno(exc: OSError) -> str:
@@ -33,8 +38,9 @@ def _listed_sockets() -> list[str]:
             lines = f.read().splitlines()[1:]
     except OSError:
         return []
+    paths = [line.split()[-1] for line in lines if len(line.split()) == 8]
     return [
-        line.split()[-1] for line in lines if "osiris-flight-" in line and line.split()[-1].startswith("/")
+        p for p in paths if p.startswith("/") and PRIVATE_DIR.fullmatch(os.path.basename(os.path.dirname(p)))
     ]
 
 
@@ -63,7 +69,8 @@ def _probe(path: str) -> tuple[str, str]:
 
 def main() -> None:
     told = json.loads(sys.argv[1])
-    dirs = sorted(set(told["dirs"]) | set(glob.glob(os.path.join(tempfile.gettempdir(), "osiris-flight-*"))))
+    found = glob.glob(os.path.join(tempfile.gettempdir(), "osiris-flight-*"))
+    dirs = sorted(set(told["dirs"]) | {d for d in found if PRIVATE_DIR.fullmatch(os.path.basename(d))})
     sockets = sorted(set(told["sockets"]) | set(_listed_sockets()))
     result: dict[str, object] = {"uid": os.getuid(), "dirs": {}, "sockets": {}, "received": {}}
     for d in dirs:

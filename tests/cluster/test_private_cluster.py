@@ -263,6 +263,24 @@ def test_a_sigkilled_runs_directory_goes_at_the_next_start_and_a_live_runs_direc
     assert not live.exists()
 
 
+def test_ctrl_c_leaves_neither_a_process_nor_the_private_directory(workdir: Path) -> None:
+    write_events_csv(workdir / "events.csv", 1_000)
+    (workdir / "pipeline.yaml").write_text(textwrap.dedent(HELD.format(release=workdir / "never")))
+    proc = start_osiris(["run", "pipeline.yaml", "--workers", "1"], workdir)
+    try:
+        directory = wait_until(lambda: private_dir_of(proc.pid), 60, "the private directory")
+        run_dir = wait_until(lambda: latest_run_dir(workdir), 60, "the run directory")
+        wait_until(lambda: any(e["event"] == "task_start" for e in events(run_dir)), 60, "a task to start")
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130
+    assert_no_orphans(workdir)
+    assert not directory.exists()
+
+
 def test_stale_means_the_creating_process_is_gone_and_only_this_users_directories_are_removed(
     tmp_path: Path,
 ) -> None:
