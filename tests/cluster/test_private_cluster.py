@@ -97,6 +97,9 @@ def test_the_embedded_cluster_listens_on_no_inet_port_and_its_sockets_are_its_us
         pids = [cluster.process.pid, *cluster.worker_pids()]
         assert len(pids) == 3
         assert inet_listeners(pids) == []
+        assert [
+            c for pid in pids for c in psutil.Process(pid).net_connections(kind="inet")
+        ] == []  # none at all
         assert stat.S_IMODE(directory.stat().st_mode) == 0o700 and directory.stat().st_uid == os.geteuid()
         names = sorted(p.name for p in directory.iterdir())
         assert names == ["control.sock", "flight-local-0.sock", "flight-local-1.sock", "owner"]
