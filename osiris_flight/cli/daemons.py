@@ -94,11 +94,17 @@ def _config(path: str | None) -> Config:
     default=None,
     help="CURVE: directory of accepted public keys, one subdirectory per role: workers/, clients/, admins/",
 )
-@click.option("--no-curve", is_flag=True, hidden=True, help="the embedded cluster: loopback, no CURVE")
+@click.option("--no-curve", is_flag=True, hidden=True, help="the embedded cluster: private sockets, no CURVE")
 @click.option(
     "--insecure",
     is_flag=True,
     help="listen beyond this host without CURVE keys (anyone reaching it is trusted)",
+)
+@click.option(
+    "--private-dir",
+    default=None,
+    hidden=True,
+    help="the embedded cluster: listen on ipc://DIR/control.sock; workers serve Flight on sockets in DIR",
 )
 @click.option("--log-level", default="warning", show_default=True)
 def coordinator_main(
@@ -114,11 +120,13 @@ def coordinator_main(
     curve_authorized_keys: str | None,
     no_curve: bool,
     insecure: bool,
+    private_dir: str | None,
     log_level: str,
 ) -> None:
     """Run the coordinator: accepts workers and runs, schedules tasks."""
     from osiris_flight.cluster.coordinator import Coordinator, CoordinatorOptions
     from osiris_flight.cluster.curve import curve_keys
+    from osiris_flight.cluster.private_dir import control_address
 
     _logging(log_level)
     config = _config(config_path)
@@ -128,6 +136,11 @@ def coordinator_main(
         curve = _or_exit(
             lambda: curve_keys(config.cluster, curve_secret_key, authorized_keys=curve_authorized_keys)
         )
+    if private_dir and bind:
+        click.echo("error: --private-dir sets the address; it cannot be combined with --bind", err=True)
+        sys.exit(2)
+    if private_dir:
+        bind = control_address(private_dir)
     address = bind or config.cluster.coordinator or "tcp://127.0.0.1:5555"
     if curve is None:
         _require_keys(address, "--bind", "--curve-secret-key and --curve-authorized-keys", insecure)
@@ -146,6 +159,7 @@ def coordinator_main(
         shrink_batches=engine.shrink_batches,
         parent_pid=parent_pid,
         curve=curve,
+        private_dir=private_dir,
     )
 
     def ready(address: str) -> None:
@@ -184,6 +198,12 @@ def coordinator_main(
     "--shrink-batches/--no-shrink-batches", default=None, help="hold batches in their smallest lossless form"
 )
 @click.option("--parent-pid", type=int, default=None, hidden=True)
+@click.option(
+    "--flight-socket",
+    default=None,
+    hidden=True,
+    help="the embedded cluster: serve Flight on this Unix socket (made 0600) instead of TCP",
+)
 @click.option("--curve-secret-key", default=None, help="CURVE: this worker's NAME.key_secret file")
 @click.option("--curve-server-key", default=None, help="CURVE: the coordinator's public NAME.key file")
 @click.option(
@@ -204,6 +224,7 @@ def worker_main(
     heartbeat_interval: float | None,
     shrink_batches: bool | None,
     parent_pid: int | None,
+    flight_socket: str | None,
     curve_secret_key: str | None,
     curve_server_key: str | None,
     insecure: bool,
@@ -242,6 +263,7 @@ def worker_main(
         heartbeat_interval_s=heartbeat_interval or engine.heartbeat_interval_s,
         shrink_batches=engine.shrink_batches if shrink_batches is None else shrink_batches,
         parent_pid=parent_pid,
+        flight_socket=flight_socket,
         curve=curve,
     )
     sys.exit(Worker(options).run())

@@ -108,7 +108,7 @@ def execute(config: Config, request: RunRequest, console: Console) -> RunOutcome
         address = request.cluster or local.start()  # type: ignore[union-attr]
         if interrupted.is_set():
             return RunOutcome(run_id, "cancelled", "interrupted before the run started", {}, EXIT_INTERRUPTED)
-        # CURVE only towards a cluster given by address: the embedded one listens on loopback.
+        # CURVE only towards a cluster given by address: the embedded one has private Unix sockets.
         curve = curve_keys(config.cluster) if request.cluster else None
         with Client(address, curve=curve) as client:
             return _follow(client, submit, manifest, request, console, interrupted)

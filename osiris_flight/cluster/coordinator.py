@@ -14,6 +14,7 @@ worker registered with), and a run is cancelled or shown only to the principal t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ import zmq
 from osiris_flight import protocol as p
 from osiris_flight.cluster import scheduler as s
 from osiris_flight.cluster.curve import CurveKeys, KeyRoles, is_loopback, secure_server
+from osiris_flight.cluster.private_dir import flight_socket, private_umask
 from osiris_flight.cluster.roles import (
     ALL_ROLES,
     ATTEMPT_REPORTS,
@@ -70,6 +72,9 @@ class CoordinatorOptions:
     parent_pid: int | None = None
     max_respawns: int = 16
     curve: CurveKeys | None = None  # CURVE-encrypted and authenticated control plane (curve.py)
+    # The embedded cluster (private_dir.py): its sockets are made under umask 077 in this 0700
+    # directory, and the workers it spawns serve Flight on Unix sockets there.
+    private_dir: str | None = None
 
 
 @dataclass
@@ -123,7 +128,8 @@ class Coordinator:
         if options.curve is not None:
             self._authenticator, self._key_roles = secure_server(self._zmq, self.sock, options.curve)
         try:
-            self.sock.bind(options.bind)
+            with private_umask() if options.private_dir else contextlib.nullcontext():
+                self.sock.bind(options.bind)  # libzmq makes an ipc:// socket file in this call
         except zmq.ZMQError as exc:
             self.sock.close(linger=0)
             if self._authenticator is not None:
@@ -243,6 +249,8 @@ class Coordinator:
         ]
         if o.spill_dir:
             cmd += ["--spill-dir", o.spill_dir]
+        if o.private_dir:
+            cmd += ["--flight-socket", flight_socket(o.private_dir, worker_id)]
         if o.curve is not None:  # its own workers hold the coordinator's keypair (worker and admin)
             cmd += ["--curve-secret-key", o.curve.secret_key, "--curve-server-key", o.curve.secret_key]
         else:  # as insecure as their coordinator, which said so in its log

@@ -4,6 +4,10 @@ Started by ``osiris-flight run`` when no cluster address is given and stopped wh
 The coordinator runs in its own session (Ctrl-C reaches only the CLI, which cancels the run and then
 stops the cluster in order) and gets SIGTERM if the CLI dies, however it dies; workers likewise with
 their coordinator. So no process outlives the command.
+
+The cluster is private to the user who runs it: its coordinator listens on a ZeroMQ ``ipc://``
+socket and its workers serve Flight on Unix sockets, all in a directory of mode 0700
+(``private_dir.py``). It opens no TCP port, so no other local user can connect to it.
 """
 
 from __future__ import annotations
@@ -12,7 +16,9 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
+from osiris_flight.cluster import private_dir
 from osiris_flight.cluster.client import Client, CoordinatorUnreachable
 from osiris_flight.cluster.coordinator import _die_with_parent
 from osiris_flight.config import Config
@@ -25,16 +31,27 @@ class LocalCluster:
     start_timeout_s: float = 60.0
     process: subprocess.Popen[str] | None = None
     address: str = ""
+    directory: Path | None = None  # the private directory of its sockets, while it runs
 
     def start(self) -> str:
+        """Start the coordinator and its workers; returns the coordinator's address once every
+        worker has joined. On any failure everything started is stopped again."""
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> str:
         engine = self.config.engine
+        self.directory = private_dir.make()
         cmd = [
             sys.executable,
             "-m",
             "osiris_flight.cli.daemons",
             "coordinator",
-            "--bind",
-            "tcp://127.0.0.1:*",
+            "--private-dir",
+            str(self.directory),
             "--spawn-workers",
             str(engine.workers),
             "--worker-slots",
@@ -44,7 +61,7 @@ class LocalCluster:
             "--parent-pid",
             str(os.getpid()),
             "--announce",
-            "--no-curve",  # loopback only; osiris.yaml's cluster.curve_* are for a remote cluster
+            "--no-curve",  # the private directory keeps others out; cluster.curve_* are for a remote cluster
             "--log-level",
             self.log_level,
         ]
@@ -63,7 +80,6 @@ class LocalCluster:
         assert self.process.stdout is not None
         line = self.process.stdout.readline().strip()
         if not line.startswith("READY "):
-            self.stop()
             raise CoordinatorUnreachable(f"the local coordinator did not start (said {line!r})")
         self.address = line.split(" ", 1)[1]
         with Client(self.address) as client:
@@ -71,6 +87,14 @@ class LocalCluster:
         return self.address
 
     def stop(self, timeout_s: float = 10.0) -> None:
+        try:
+            self._stop_processes(timeout_s)
+        finally:
+            if self.directory is not None:
+                private_dir.remove(self.directory)
+                self.directory = None
+
+    def _stop_processes(self, timeout_s: float) -> None:
         if self.process is None:
             return
         if self.process.poll() is None and self.address:

@@ -35,6 +35,7 @@ import zmq
 
 from osiris_flight import protocol as p
 from osiris_flight.cluster.curve import CurveKeys, secure_client
+from osiris_flight.cluster.private_dir import private_umask
 from osiris_flight.components.base import Cancelled
 from osiris_flight.components.registry import build_registry
 from osiris_flight.data.batch_store import BatchStore, SpillEvent
@@ -66,6 +67,9 @@ class WorkerOptions:
     heartbeat_interval_s: float = 1.0
     register_timeout_s: float = 30.0
     parent_pid: int | None = None
+    # The embedded cluster: serve Flight on this Unix socket (in its private 0700 directory, made
+    # under umask 077: private_dir.py) instead of TCP on bind_host.
+    flight_socket: str | None = None
     curve: CurveKeys | None = None  # the coordinator requires CURVE (curve.py)
 
 
@@ -86,9 +90,15 @@ class Worker:
             shrink=options.shrink_batches,
             on_spill=self._on_spill,
         )
-        self.flight = FlightDataServer(
-            self.store, f"grpc://{options.bind_host}:0", compression=options.flight_compression
-        )
+        if options.flight_socket:
+            with private_umask():  # gRPC makes the socket file while the server is constructed
+                self.flight = FlightDataServer(
+                    self.store, f"grpc+unix://{options.flight_socket}", compression=options.flight_compression
+                )
+        else:
+            self.flight = FlightDataServer(
+                self.store, f"grpc://{options.bind_host}:0", compression=options.flight_compression
+            )
         self.clients = FlightClientPool()
         self.registry = build_registry()
         self.tasks: dict[tuple[str, str, int], TaskRun] = {}
@@ -106,6 +116,8 @@ class Worker:
     @property
     def flight_uri(self) -> str:
         """Where peers fetch this worker's outputs: a wildcard bind is advertised by host name."""
+        if self.options.flight_socket:
+            return f"grpc+unix://{self.options.flight_socket}"
         host = self.options.advertise_host or self.options.bind_host
         if host in ("0.0.0.0", "::", ""):
             host = socket.getfqdn()
