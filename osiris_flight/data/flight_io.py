@@ -19,7 +19,6 @@ import logging
 import socket
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 import pyarrow as pa
@@ -98,9 +97,10 @@ class FlightDataServer(flight.FlightServerBase):
                 tls_certificates=[flight.CertKeyPair(tls.cert_chain, tls.private_key)],
                 verify_client=True,
                 root_certificates=tls.ca,
+                middleware={"only_do_get": _OnlyDoGet()},
             )
         else:
-            super().__init__(location)
+            super().__init__(location, middleware={"only_do_get": _OnlyDoGet()})
         self._token_key = token_key
         self._store = store
         self._wait_timeout_s = wait_timeout_s
@@ -180,29 +180,6 @@ class FlightDataServer(flight.FlightServerBase):
             raise flight.FlightUnavailableError(str(exc)) from None
         return flight.GeneratorStream(schema, self._guarded(reader, format_key(key)), self._options)
 
-    # Every other Flight method is refused with a status, never pyarrow's NotImplementedError
-    # (whose answer carries a Python traceback).
-    def list_flights(self, context: flight.ServerCallContext, criteria: bytes) -> Iterator[Any]:
-        _refuse(context, "list_flights")
-
-    def get_flight_info(self, context: flight.ServerCallContext, descriptor: Any) -> NoReturn:
-        _refuse(context, "get_flight_info")
-
-    def get_schema(self, context: flight.ServerCallContext, descriptor: Any) -> NoReturn:
-        _refuse(context, "get_schema")
-
-    def do_put(self, context: flight.ServerCallContext, *args: Any) -> NoReturn:
-        _refuse(context, "do_put")
-
-    def do_exchange(self, context: flight.ServerCallContext, *args: Any) -> NoReturn:
-        _refuse(context, "do_exchange")
-
-    def do_action(self, context: flight.ServerCallContext, action: Any) -> NoReturn:
-        _refuse(context, "do_action")
-
-    def list_actions(self, context: flight.ServerCallContext) -> NoReturn:
-        _refuse(context, "list_actions")
-
     def _guarded(self, batches: Iterator[pa.RecordBatch], what: str) -> Iterator[pa.RecordBatch]:
         """Turn store errors into Flight errors the client understands (never a Python traceback)."""
         try:
@@ -227,9 +204,17 @@ def _peer(context: flight.ServerCallContext) -> str:
         return "?"
 
 
-def _refuse(context: flight.ServerCallContext, method: str) -> NoReturn:
-    log.warning("refused %s from %s", method, _peer(context))
-    raise flight.FlightUnauthenticatedError(f"{method} refused: {ONLY_DO_GET}")
+class _OnlyDoGet(flight.ServerMiddlewareFactory):
+    """Refuses every Flight method but ``do_get`` (list_flights, get_flight_info, get_schema, do_put,
+    do_exchange, do_action, list_actions, handshake) before any handler runs: a status and one
+    sentence. (Refusing in the handlers is not enough: pyarrow answers an exception raised in
+    ``get_schema``, and its default ``NotImplementedError`` everywhere, with a Python traceback.)"""
+
+    def start_call(self, info: flight.CallInfo, headers: dict[str, list[str]]) -> None:
+        if info.method != flight.FlightMethod.DO_GET:
+            method = info.method.name.lower()
+            log.warning("refused %s", method)
+            raise flight.FlightUnauthenticatedError(f"{method} refused: {ONLY_DO_GET}")
 
 
 def _short(exc: BaseException) -> str:

@@ -10,8 +10,8 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from osiris_flight.data.batch_store import BatchStore
 from osiris_flight.data import fetch_token
+from osiris_flight.data.batch_store import BatchStore
 from osiris_flight.data.flight_io import FlightClientPool, FlightDataServer
 from osiris_flight.protocol import FetchOutput
 
