@@ -87,12 +87,12 @@ class Cluster:
         proc, self.address = start_coordinator(self.cwd, "--config", "osiris.yaml")
         self.processes.append(proc)
 
-    def worker(self, name: str, slots: int, *flags: str, expect: int) -> None:
+    def worker(self, name: str, slots: int, *flags: str, expect: int, cwd: Path | None = None) -> None:
         command = [str(BIN / "osiris-worker"), "--coordinator", self.address, "--worker-id", name]
         self.processes.append(
             subprocess.Popen(
                 [*command, "--slots", str(slots), *flags],
-                cwd=self.cwd,
+                cwd=cwd or self.cwd,
                 env=cli_env(),
             )
         )
@@ -241,20 +241,31 @@ def test_an_expired_token_fails_the_run_with_a_clear_error(tmp_path: Path, clust
 def test_a_worker_serving_flight_beyond_loopback_needs_tls_or_insecure(
     tmp_path: Path, cluster: Cluster
 ) -> None:
-    done = subprocess.run(
-        [str(BIN / "osiris-worker"), "--coordinator", "tcp://127.0.0.1:1", "--bind-host", "0.0.0.0"],
-        cwd=tmp_path,
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 2, done.stderr
-    assert "--bind-host 0.0.0.0" in done.stderr and "needs TLS" in done.stderr and "--insecure" in done.stderr
-    assert "Traceback" not in done.stderr
-    cluster.coordinator()
+    """Refused without TLS (exit 2, one line); served in clear with --insecure; over TLS with the
+    flags or with osiris.yaml's cluster.tls_*; half the TLS settings is a clear error."""
     keys = make_keys(tmp_path / "keys")
-    cluster.worker("open", 1, "--bind-host", "0.0.0.0", "--insecure", expect=1)
-    cluster.worker("closed", 1, "--bind-host", "0.0.0.0", *tls_flags(keys), expect=2)
+    bare = tmp_path / "bare"  # no osiris.yaml here
+    bare.mkdir()
+
+    def refused(*flags: str) -> str:
+        command = [str(BIN / "osiris-worker"), "--coordinator", "tcp://127.0.0.1:1", *flags]
+        done = subprocess.run(command, cwd=bare, env=cli_env(), capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2, done.stderr
+        assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+        return done.stderr
+
+    err = refused("--bind-host", "0.0.0.0")
+    assert "--bind-host 0.0.0.0" in err and "needs TLS" in err and "--insecure" in err
+    err = refused("--tls-cert", str(keys / "worker.pem"))
+    assert "together" in err and "cluster.tls_key (--tls-key)" in err
+    err = refused("--tls-cert", str(keys / "worker.pem"), "--tls-key", str(keys / "ca.pem"), "--tls-ca", "x")
+    assert "cannot read" in err or "not an unencrypted PEM private key" in err
+
+    tls_yaml = "".join(f"  tls_{k}: {keys / f}\n" for k, f in (("cert", "worker.pem"), ("key", "worker.key")))
+    cluster.coordinator(ENGINE + "cluster:\n" + tls_yaml + f"  tls_ca: {keys / 'ca.pem'}\n")
+    cluster.worker("open", 1, "--bind-host", "0.0.0.0", "--insecure", expect=1, cwd=bare)
+    cluster.worker("flags", 1, "--bind-host", "0.0.0.0", *tls_flags(keys), expect=2, cwd=bare)
+    cluster.worker("config", 1, "--bind-host", "0.0.0.0", expect=3)  # reads ./osiris.yaml
     uris = {w["worker_id"]: w["flight_uri"] for w in cluster.status()}
-    assert uris["open"].startswith("grpc://") and uris["closed"].startswith("grpc+tls://")
+    assert uris["open"].startswith("grpc://")
+    assert uris["flags"].startswith("grpc+tls://") and uris["config"].startswith("grpc+tls://")
