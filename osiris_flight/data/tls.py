@@ -141,10 +141,17 @@ def create_cluster_tls(directory: str | Path, days: int = DEFAULT_DAYS) -> dict[
         .sign(ca_key, hashes.SHA256())
     )
 
-    _write(paths["ca.key"], _private_pem(ca_key), secret=True)
-    _write(paths["ca.pem"], ca_cert.public_bytes(serialization.Encoding.PEM), secret=False)
-    _write(paths["worker.key"], _private_pem(worker_key), secret=True)
-    _write(paths["worker.pem"], worker_cert.public_bytes(serialization.Encoding.PEM), secret=False)
+    files = {
+        "ca.key": (_private_pem(ca_key), True),
+        "ca.pem": (ca_cert.public_bytes(serialization.Encoding.PEM), False),
+        "worker.key": (_private_pem(worker_key), True),
+        "worker.pem": (worker_cert.public_bytes(serialization.Encoding.PEM), False),
+    }
+    for name, (data, secret) in files.items():
+        try:
+            _write(paths[name], data, secret=secret)
+        except OSError as exc:
+            raise InvalidInput(Problem(f"cannot write: {exc.strerror}", file=str(paths[name]))) from None
     return paths
 
 
