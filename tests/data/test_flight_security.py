@@ -263,3 +263,21 @@ def test_a_ticket_of_wrong_field_types_gets_a_status_not_a_traceback(
             assert "Traceback" not in str(caught.value) and ".py" not in str(caught.value)
     finally:
         client.close()
+
+
+def test_osiris_yaml_cluster_tls_and_token_lifetime_are_checked(tmp_path: Path) -> None:
+    from osiris_flight.config import load_config
+
+    good = tmp_path / "good.yaml"
+    good.write_text(
+        "cluster:\n  tls_cert: a.pem\n  tls_key: a.key\n  tls_ca: ca.pem\n  fetch_token_ttl_s: 3600\n"
+    )
+    cluster = load_config(good).cluster
+    assert (cluster.tls_cert, cluster.tls_key, cluster.tls_ca) == ("a.pem", "a.key", "ca.pem")
+    assert cluster.fetch_token_ttl_s == 3600.0
+    for body, field in (("fetch_token_ttl_s: 0", "must be positive"), ("tls_cert: 5", "expected str")):
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(f"cluster:\n  {body}\n")
+        with pytest.raises(InvalidInput, match=field) as caught:
+            load_config(bad)
+        assert "cluster." + body.split(":")[0] in str(caught.value)
