@@ -234,10 +234,12 @@ def _translate(uri: str, ticket: FetchOutput, exc: BaseException, when: str) -> 
     if isinstance(exc, flight.FlightServerError) and message.startswith(BAD_TICKET):
         return ProtocolError(f"{_describe(uri, ticket)}: the peer refused the ticket: {message}")
     if isinstance(exc, flight.FlightUnauthenticatedError | flight.FlightUnauthorizedError):
-        return FetchRefused(
-            f"{_describe(uri, ticket)}: the peer refused the fetch token: {message} (is the serving "
-            "worker joined to the coordinator that assigned this task?)"
+        hint = (
+            "tokens live cluster.fetch_token_ttl_s seconds from assignment; are the hosts' clocks in sync?"
+            if "expired" in message
+            else "is the serving worker joined to the coordinator that assigned this task?"
         )
+        return FetchRefused(f"{_describe(uri, ticket)}: the peer refused the fetch token: {message} ({hint})")
     if isinstance(exc, flight.FlightUnavailableError) and any(t in message for t in _TLS_FAILURES):
         return FetchRefused(
             f"{_describe(uri, ticket)}: TLS with the peer failed: {message} (both workers need "
