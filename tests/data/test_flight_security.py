@@ -281,3 +281,34 @@ def test_osiris_yaml_cluster_tls_and_token_lifetime_are_checked(tmp_path: Path) 
         with pytest.raises(InvalidInput, match=field) as caught:
             load_config(bad)
         assert "cluster." + body.split(":")[0] in str(caught.value)
+
+
+@pytest.mark.parametrize("encrypted", [False, True])
+def test_the_bytes_on_the_wire_hold_no_row_value_or_token_with_tls(
+    store: BatchStore,
+    tls: FlightTLS,
+    schema: pa.Schema,
+    make_batch: BatchFactory,
+    encrypted: bool,
+) -> None:
+    """A TCP relay between pool and server records every byte: without TLS the rows' strings and the
+    token are there to read (the control), with TLS neither is."""
+    from tests.cluster.test_curve import Relay
+
+    with store.create(UNSIGNED.key, schema) as writer:
+        writer.append(make_batch(0, 2000))
+    server = FlightDataServer(store, tls=tls if encrypted else None, token_key=TOKEN_KEY).start()
+    relay = Relay(("127.0.0.1", server.port))
+    ticket = signed(UNSIGNED)
+    try:
+        scheme = "grpc+tls" if encrypted else "grpc"
+        with FlightClientPool(tls=tls if encrypted else None) as pool:
+            stream = pool.read(f"{scheme}://127.0.0.1:{relay.port}", ticket)
+            assert sum(b.num_rows for b in stream.batches()) == 2000
+        assert len(relay.recorded) > 50_000
+        readable = b"row-00001999" in relay.recorded and ticket.token in relay.recorded
+        assert readable is not encrypted
+        assert (b"fetch_output" in relay.recorded) is not encrypted  # the ticket itself
+    finally:
+        relay.close()
+        server.shutdown()
