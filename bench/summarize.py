@@ -218,12 +218,27 @@ def main() -> None:
                 verdict(shrink["saving"] >= 0.5),
             ]
         )
+    fs = load("flight_security")
+    if fs:
+        for link, ratio in fs["ratios"].items():
+            plain, secure = fs["summary"][link]["plain"], fs["summary"][link]["tls+tokens"]
+            rows.append(
+                [
+                    f"[flight security](flight_security.md): TLS + tokens, {link}",
+                    f"{secure['mb_per_s']:,.0f} MB/s",
+                    f"plain {plain['mb_per_s']:,.0f} MB/s",
+                    f"{ratio:.0%} of plain",
+                    f"<= {fs['goal_max_loss']:.0%} less" if link == "loopback" else "reported",
+                    verdict(1 - ratio <= fs["goal_max_loss"]) if link == "loopback" else "-",
+                ]
+            )
     lines.append(md_table(["benchmark", "engine", "baseline", "ratio", "goal", "verdict"], rows))
     lines.append(
         "\n![scheduling](scheduling.png)\n\n![throughput](throughput.png)\n\n![memory](memory.png)\n"
         + ("\n![mysql](mysql.png)\n" if my else "")
         + ("\n![optimizer](optimizer.png)\n" if opt else "")
         + ("\n![shrink](shrink.png)\n" if shrink else "")
+        + ("\n![flight security](flight_security.png)\n" if fs else "")
     )
     (RESULTS / "README.md").write_text("\n".join(lines), encoding="utf-8")
 

@@ -19,6 +19,10 @@ cluster:
   curve_secret_key: null    # CurveZMQ (docs/running.md): this process's NAME.key_secret
   curve_server_key: null    # workers and clients: the coordinator's public NAME.key
   curve_authorized_keys: null  # coordinator: accepted public keys in workers/, clients/, admins/
+  tls_cert: null            # workers: Flight TLS certificate, its key and the cluster CA
+  tls_key: null             #   (osiris-flight keys tls DIR writes worker.pem, worker.key, ca.pem)
+  tls_ca: null
+  fetch_token_ttl_s: 86400  # coordinator: lifetime of the Flight fetch tokens it mints
 run_logs: run_logs
 connections_file: null      # default: $OSIRIS_CONNECTIONS_FILE, then ./osiris_connections.yaml
 plugins: []                 # modules with extra COMPONENTS
@@ -67,6 +71,11 @@ class ClusterConfig:
     curve_secret_key: str | None = None
     curve_server_key: str | None = None
     curve_authorized_keys: str | None = None
+    # Flight over mutual TLS (data/tls.py): a worker's certificate, its key, the cluster CA.
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_ca: str | None = None
+    fetch_token_ttl_s: float = 86400.0  # data/fetch_token.py: why this long
 
 
 @dataclass(frozen=True)
@@ -87,6 +96,7 @@ _POSITIVE = {
     "max_attempts",
     "heartbeat_interval_s",
     "heartbeat_misses",
+    "fetch_token_ttl_s",
 }
 _CHOICES = {"spill_compression": ("zstd", "lz4", "none"), "flight_compression": ("none", "lz4", "zstd")}
 

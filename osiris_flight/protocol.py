@@ -24,6 +24,12 @@ PROTOCOL_VERSION = 4
 # Changed in v4:
 # - ClusterStatus: a client is shown only the runs it submitted, and each worker's worker_id and
 #   slots only; an admin (roles.py) sees every run and each worker's host, pid, flight_uri and stats.
+# - FetchOutput (the Flight ticket) gains bucket (0 until hash exchanges exist), reader (the worker
+#   id the ticket was minted for), expires_at (unix seconds) and token (HMAC-SHA256 by the
+#   coordinator over the other fields, data/fetch_token.py); a worker serves no ticket without a
+#   valid token.
+# - Welcome gains fetch_token_key: the coordinator's HMAC key that the worker's Flight server checks
+#   tokens with (a secret: travels only inside CURVE or the embedded cluster's private link).
 # Retired in v3: TaskFinished.spills (a spill is reported when it happens, OutputSpilled: an output
 # usually spills after its task finished, when newer outputs need the memory) and RunEvent
 # ("run_event", one event per message; RunEvents carries what a coordinator pass produced).
@@ -212,6 +218,10 @@ class Welcome(Message):
     worker_id: str
     heartbeat_interval_s: float
     plugins: list[str] = field(default_factory=list)
+    fetch_token_key: bytes = b""  # secret: never log a Welcome
+
+    def __repr__(self) -> str:
+        return f"Welcome(worker_id={self.worker_id!r}, heartbeat_interval_s={self.heartbeat_interval_s!r})"
 
 
 @dataclass(frozen=True)
@@ -344,13 +354,26 @@ class ClusterStatus(Message):
 # -- data plane ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class FetchOutput(Message):
-    """The Flight ticket naming one task output: run, stage, partition, attempt."""
+    """The Flight ticket naming one task output: run, stage, partition, attempt (and the ``bucket``
+    of a hash exchange, 0 until they exist), with the coordinator's permission to read it: the
+    ``reader`` worker it was minted for, ``expires_at`` (unix seconds) and ``token``, the HMAC over
+    all of them (data/fetch_token.py)."""
 
     op: ClassVar[str] = "fetch_output"
     run_id: str
     stage_id: str
     partition: int
     attempt: int
+    bucket: int = 0
+    reader: str = ""
+    expires_at: float = 0.0
+    token: bytes = b""
+
+    def __repr__(self) -> str:  # the token stays out of logs and error messages
+        return (
+            f"FetchOutput(run_id={self.run_id!r}, stage_id={self.stage_id!r}, partition={self.partition!r}, "
+            f"attempt={self.attempt!r}, bucket={self.bucket!r}, reader={self.reader!r})"
+        )
 
     @property
     def key(self) -> tuple[str, str, int, int]:

@@ -160,6 +160,7 @@ def coordinator_main(
         parent_pid=parent_pid,
         curve=curve,
         private_dir=private_dir,
+        fetch_token_ttl_s=config.cluster.fetch_token_ttl_s,
     )
 
     def ready(address: str) -> None:
@@ -206,8 +207,14 @@ def coordinator_main(
 )
 @click.option("--curve-secret-key", default=None, help="CURVE: this worker's NAME.key_secret file")
 @click.option("--curve-server-key", default=None, help="CURVE: the coordinator's public NAME.key file")
+@click.option("--tls-cert", default=None, help="Flight TLS: this worker's certificate (PEM)")
+@click.option("--tls-key", default=None, help="Flight TLS: the certificate's private key (PEM)")
+@click.option("--tls-ca", default=None, help="Flight TLS: the cluster CA certificate (PEM)")
 @click.option(
-    "--insecure", is_flag=True, help="join a coordinator beyond this host without CURVE keys (in clear)"
+    "--insecure",
+    is_flag=True,
+    help="join a coordinator beyond this host without CURVE keys, or serve Flight beyond it without TLS "
+    "(control messages or task data in clear on the network)",
 )
 @click.option("--log-level", default="warning", show_default=True)
 def worker_main(
@@ -227,12 +234,16 @@ def worker_main(
     flight_socket: str | None,
     curve_secret_key: str | None,
     curve_server_key: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    tls_ca: str | None,
     insecure: bool,
     log_level: str,
 ) -> None:
     """Run a worker: joins a coordinator, runs tasks, serves outputs over Arrow Flight."""
     from osiris_flight.cluster.curve import client_keys, curve_keys
     from osiris_flight.cluster.worker import Worker, WorkerOptions
+    from osiris_flight.data.tls import is_loopback, load_flight_tls
 
     _logging(log_level)
     allocator.tune()
@@ -250,6 +261,20 @@ def worker_main(
         _or_exit(lambda: client_keys(curve))
     else:
         _require_keys(address, "--coordinator", "--curve-secret-key and --curve-server-key", insecure)
+    cluster = config.cluster
+    tls = _or_exit(
+        lambda: load_flight_tls(
+            tls_cert or cluster.tls_cert, tls_key or cluster.tls_key, tls_ca or cluster.tls_ca
+        )
+    )
+    if tls is None and not insecure and not is_loopback(bind_host):
+        click.echo(
+            f"error: --bind-host {bind_host}: a Flight server reachable from other hosts needs TLS "
+            "(--tls-cert/--tls-key/--tls-ca or cluster.tls_* in osiris.yaml; osiris-flight keys tls DIR "
+            "makes them), or --insecure to serve task data in clear",
+            err=True,
+        )
+        sys.exit(2)
     options = WorkerOptions(
         coordinator=address,
         worker_id=worker_id,
@@ -265,6 +290,7 @@ def worker_main(
         parent_pid=parent_pid,
         flight_socket=flight_socket,
         curve=curve,
+        tls=tls,
     )
     sys.exit(Worker(options).run())
 

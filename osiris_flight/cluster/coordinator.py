@@ -42,6 +42,7 @@ from osiris_flight.cluster.roles import (
     resume_refusal,
 )
 from osiris_flight.cluster.run_tracker import RunTracker
+from osiris_flight.data import fetch_token
 from osiris_flight.errors import InvalidInput, Problem, ProtocolError, UpstreamLost
 from osiris_flight.oml.model import Manifest, Plan, parse_task_id
 from osiris_flight.runs.journal import JournalError, read_journal
@@ -75,6 +76,7 @@ class CoordinatorOptions:
     # The embedded cluster (private_dir.py): its sockets are made under umask 077 in this 0700
     # directory, and the workers it spawns serve Flight on Unix sockets there.
     private_dir: str | None = None
+    fetch_token_ttl_s: float = fetch_token.DEFAULT_TTL_S  # lifetime of Flight fetch tokens
 
 
 @dataclass
@@ -117,6 +119,7 @@ class Coordinator:
         self.scheduler = s.Scheduler(start_timeout_s=patience, drain_timeout_s=patience)
         self.workers: dict[str, WorkerInfo] = {}
         self.runs: dict[str, ActiveRun] = {}
+        self._token_key = fetch_token.new_key()  # signs Flight tickets; workers get it in Welcome
         self.children: dict[int, LocalChild] = {}
         self._respawns = 0
         self._zmq = zmq.Context()
@@ -451,7 +454,10 @@ class Coordinator:
             msg.host,
         )
         self._send(
-            identity, p.Welcome(msg.worker_id, self.options.heartbeat_interval_s, list(self.options.plugins))
+            identity,
+            p.Welcome(
+                msg.worker_id, self.options.heartbeat_interval_s, list(self.options.plugins), self._token_key
+            ),
         )
         for run in self.runs.values():
             run.tracker.cluster_event(
@@ -584,7 +590,9 @@ class Coordinator:
         for loc in ins.inputs:
             producer = run.plan.stage(loc.stage_id)
             uri = self.workers[loc.worker_id].flight_uri if loc.worker_id in self.workers else ""
-            ticket = p.encode_ticket(p.FetchOutput(ins.run_id, loc.stage_id, loc.partition, loc.attempt))
+            unsigned = p.FetchOutput(ins.run_id, loc.stage_id, loc.partition, loc.attempt)
+            ttl = self.options.fetch_token_ttl_s
+            ticket = p.encode_ticket(fetch_token.mint(self._token_key, unsigned, ins.worker_id, ttl))
             inputs.setdefault(producer.last_step, []).append({"flight_uri": uri, "ticket": ticket})
         refs = {ref for step in steps for ref in _connection_refs(step["config"])}
         connections = {ref: run.connections[ref] for ref in sorted(refs) if ref in run.connections}

@@ -41,6 +41,7 @@ from osiris_flight.components.registry import build_registry
 from osiris_flight.data.batch_store import BatchStore, SpillEvent
 from osiris_flight.data.flight_io import FlightClientPool, FlightDataServer
 from osiris_flight.data.rowstream import RowStream
+from osiris_flight.data.tls import FlightTLS
 from osiris_flight.errors import ProtocolError, TerminalError, is_transient
 from osiris_flight.oml.model import parse_task_id
 from osiris_flight.oml.model import task_id as make_task_id
@@ -71,6 +72,7 @@ class WorkerOptions:
     # under umask 077: private_dir.py) instead of TCP on bind_host.
     flight_socket: str | None = None
     curve: CurveKeys | None = None  # the coordinator requires CURVE (curve.py)
+    tls: FlightTLS | None = None  # Flight over mutual TLS (data/tls.py)
 
 
 class Worker:
@@ -91,15 +93,21 @@ class Worker:
             on_spill=self._on_spill,
         )
         if options.flight_socket:
+            # The embedded cluster: a Unix socket in its private directory; no TLS (no other user can
+            # reach it), fetch tokens still checked.
             with private_umask():  # gRPC makes the socket file while the server is constructed
                 self.flight = FlightDataServer(
                     self.store, f"grpc+unix://{options.flight_socket}", compression=options.flight_compression
                 )
+            self.clients = FlightClientPool()
         else:
             self.flight = FlightDataServer(
-                self.store, f"grpc://{options.bind_host}:0", compression=options.flight_compression
+                self.store,
+                f"grpc://{options.bind_host}:0",
+                compression=options.flight_compression,
+                tls=options.tls,
             )
-        self.clients = FlightClientPool()
+            self.clients = FlightClientPool(tls=options.tls)
         self.registry = build_registry()
         self.tasks: dict[tuple[str, str, int], TaskRun] = {}
         self._stop = threading.Event()
@@ -121,7 +129,7 @@ class Worker:
         host = self.options.advertise_host or self.options.bind_host
         if host in ("0.0.0.0", "::", ""):
             host = socket.getfqdn()
-        return f"grpc://{host}:{self.flight.port}"
+        return f"{'grpc+tls' if self.options.tls else 'grpc'}://{host}:{self.flight.port}"
 
     # -- main loop -----------------------------------------------------------------------------
     def run(self) -> int:
@@ -184,6 +192,7 @@ class Worker:
                     log.error("cannot join coordinator %s: %s", self.options.coordinator, exc)
                     return False
                 if isinstance(message, p.Welcome):
+                    self.flight.set_token_key(message.fetch_token_key)
                     for module in message.plugins:  # loading a module twice is a no-op
                         self.registry.load_module(module)
                     # The coordinator's interval wins: it is the one that declares workers dead.
@@ -302,6 +311,7 @@ class Worker:
                     self.store.release_run(run_id, "worker rejoined")
                 self._rejoin = True
             case p.Welcome():
+                self.flight.set_token_key(message.fetch_token_key)
                 self._joined = True
                 log.info("rejoined the coordinator as %s", message.worker_id)
             case _:

@@ -1,9 +1,16 @@
 """Arrow Flight transport of task outputs: a server over a worker's BatchStore, a pooled client.
 
 The ticket is the protocol's ``FetchOutput`` message, so a peer speaking another protocol version is
-refused with a clear error rather than misread. Every failure a consumer can see while fetching an
-input (peer gone, output aborted or released, stream cut) reaches it as ``UpstreamLost`` naming the
-peer and the output, which the scheduler retries; only a refused ticket is terminal (``ProtocolError``).
+refused with a clear error rather than misread. Every ticket carries the coordinator's fetch token
+(data/fetch_token.py); the server serves nothing without a valid one, and only ``do_get``: every
+other Flight method is refused. Across hosts the server and its clients speak mutual TLS
+(data/tls.py): ``grpc+tls://`` URIs, certificates of one cluster CA on both sides.
+
+Every failure a consumer can see while fetching an input (peer gone, output aborted or released,
+stream cut) reaches it as ``UpstreamLost`` naming the peer and the output, which the scheduler
+retries; a refused ticket is terminal (``ProtocolError``), and so is a refused token or a TLS
+certificate the peer does not accept (``FetchRefused``): retrying cannot help. A stranger gets a
+Flight status code and one short sentence, never a Python traceback (details go to this log).
 """
 
 from __future__ import annotations
@@ -11,14 +18,16 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit
 
 import pyarrow as pa
 import pyarrow.flight as flight
 
+from osiris_flight.data import fetch_token
 from osiris_flight.data.batch_store import BatchStore, format_key, ipc_write_options
 from osiris_flight.data.rowstream import RowStream
+from osiris_flight.data.tls import FlightTLS
 from osiris_flight.errors import ProtocolError, TerminalError, UpstreamLost
 from osiris_flight.protocol import FetchOutput, decode_ticket, encode_ticket
 
@@ -46,10 +55,23 @@ CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
 ]
 
 BAD_TICKET = "bad ticket"  # prefix of the server's refusal; the client maps it to ProtocolError
+FETCH_REFUSED = "fetch refused"  # prefix of a refused token (FlightUnauthenticatedError)
+ONLY_DO_GET = "an osiris-flight worker serves do_get with a ticket from its coordinator only"
+# Texts of gRPC's status when TLS itself failed (our certificate or the peer's is not accepted): a
+# peer that is gone says "Connection refused" or "Socket closed" instead.
+_TLS_FAILURES = ("Ssl handshake failed", "certificate", "Peer name")
+
+
+class FetchRefused(TerminalError):
+    """A peer refused to serve an input: its token was not accepted, or TLS between the two workers
+    failed (certificates of another CA, a wrong server name). Retrying cannot help: terminal."""
 
 
 class FlightDataServer(flight.FlightServerBase):
-    """Serves the outputs of ``store`` by ``FetchOutput`` ticket.
+    """Serves the outputs of ``store`` by ``FetchOutput`` ticket, to tickets whose token verifies
+    under ``token_key`` (``set_token_key``: the worker learns it in Welcome; until then every fetch
+    is refused). With ``tls`` it listens on ``grpc+tls://`` and requires a client certificate signed
+    by ``tls.ca``.
 
     A complete output held wholly in memory is sent by C++ (``RecordBatchStream``: no Python per
     batch); anything else (still being written, or spilled) streams through the store's reader as it
@@ -65,8 +87,21 @@ class FlightDataServer(flight.FlightServerBase):
         *,
         compression: str | None = WIRE_COMPRESSION,
         wait_timeout_s: float = 60.0,
+        tls: FlightTLS | None = None,
+        token_key: bytes | None = None,
     ) -> None:
-        super().__init__(location)
+        if tls is not None:
+            location = location.replace("grpc://", "grpc+tls://", 1)
+            super().__init__(
+                location,
+                tls_certificates=[flight.CertKeyPair(tls.cert_chain, tls.private_key)],
+                verify_client=True,
+                root_certificates=tls.ca,
+                middleware={"only_do_get": _OnlyDoGet()},
+            )
+        else:
+            super().__init__(location, middleware={"only_do_get": _OnlyDoGet()})
+        self._token_key = token_key
         self._store = store
         self._wait_timeout_s = wait_timeout_s
         self._options = ipc_write_options(compression)
@@ -82,6 +117,10 @@ class FlightDataServer(flight.FlightServerBase):
     def uri(self) -> str:
         """The URI peers connect to, with the real bound port (``location`` may ask for port 0)."""
         return self._uri
+
+    def set_token_key(self, key: bytes | None) -> None:
+        """The coordinator's HMAC key that tickets' tokens must verify under (None: refuse all)."""
+        self._token_key = key or None
 
     def start(self) -> FlightDataServer:
         """Run the serve loop in a daemon thread (requests are already accepted before this)."""
@@ -101,6 +140,17 @@ class FlightDataServer(flight.FlightServerBase):
             self._thread.join(timeout=10.0)
 
     def do_get(self, context: flight.ServerCallContext, ticket: flight.Ticket) -> flight.FlightDataStream:
+        """Serve one output. Anything unexpected is logged here and answered with a short Flight
+        error: pyarrow would send a Python exception's traceback to the caller."""
+        try:
+            return self._serve(context, ticket)
+        except flight.FlightError:
+            raise
+        except Exception:
+            log.exception("do_get from %s failed", _peer(context))
+            raise flight.FlightServerError("internal error (see the serving worker's log)") from None
+
+    def _serve(self, context: flight.ServerCallContext, ticket: flight.Ticket) -> flight.FlightDataStream:
         try:
             fetch = decode_ticket(ticket.ticket)
         except ProtocolError as exc:
@@ -108,6 +158,13 @@ class FlightDataServer(flight.FlightServerBase):
                 f"{BAD_TICKET}: {exc} (the ticket must be an encoded FetchOutput; are both peers the "
                 "same osiris-flight version?)"
             ) from None
+        except Exception:  # field types decode() does not check: a ticket we never minted
+            raise flight.FlightServerError(f"{BAD_TICKET}: malformed FetchOutput") from None
+        try:
+            fetch_token.verify(self._token_key, fetch)
+        except fetch_token.TokenRefused as exc:
+            log.warning("refused a fetch from %s: %s", _peer(context), exc)
+            raise flight.FlightUnauthenticatedError(f"{FETCH_REFUSED}: {exc}") from None
         key = fetch.key
         resident = self._store.resident_batches(key)
         if resident is not None:
@@ -131,13 +188,33 @@ class FlightDataServer(flight.FlightServerBase):
             if self._stopping.is_set():
                 raise flight.FlightUnavailableError(f"{what}: the serving worker is shutting down") from None
             raise flight.FlightUnavailableError(str(exc)) from None
-        except Exception as exc:
+        except Exception:
             log.exception("serving %s failed", what)
-            raise flight.FlightServerError(f"{what}: serving failed: {type(exc).__name__}: {exc}") from None
+            raise flight.FlightServerError(f"{what}: serving failed (see the serving worker's log)") from None
         finally:
             close = getattr(batches, "close", None)
             if close is not None:
                 close()
+
+
+def _peer(context: flight.ServerCallContext) -> str:
+    try:
+        return str(context.peer())
+    except Exception:
+        return "?"
+
+
+class _OnlyDoGet(flight.ServerMiddlewareFactory):
+    """Refuses every Flight method but ``do_get`` (list_flights, get_flight_info, get_schema, do_put,
+    do_exchange, do_action, list_actions, handshake) before any handler runs: a status and one
+    sentence. (Refusing in the handlers is not enough: pyarrow answers an exception raised in
+    ``get_schema``, and its default ``NotImplementedError`` everywhere, with a Python traceback.)"""
+
+    def start_call(self, info: flight.CallInfo, headers: dict[str, list[str]]) -> None:
+        if info.method != flight.FlightMethod.DO_GET:
+            method = info.method.name.lower()
+            log.warning("refused %s", method)
+            raise flight.FlightUnauthenticatedError(f"{method} refused: {ONLY_DO_GET}")
 
 
 def _short(exc: BaseException) -> str:
@@ -156,6 +233,21 @@ def _translate(uri: str, ticket: FetchOutput, exc: BaseException, when: str) -> 
     message = _short(exc)
     if isinstance(exc, flight.FlightServerError) and message.startswith(BAD_TICKET):
         return ProtocolError(f"{_describe(uri, ticket)}: the peer refused the ticket: {message}")
+    if isinstance(exc, flight.FlightUnauthenticatedError | flight.FlightUnauthorizedError):
+        hint = (
+            "tokens live cluster.fetch_token_ttl_s seconds from assignment; are the hosts' clocks in sync?"
+            if "expired" in message
+            else "is the serving worker joined to the coordinator that assigned this task?"
+        )
+        return FetchRefused(f"{_describe(uri, ticket)}: the peer refused the fetch token: {message} ({hint})")
+    if isinstance(exc, flight.FlightUnavailableError) and any(t in message for t in _TLS_FAILURES):
+        return FetchRefused(
+            f"{_describe(uri, ticket)}: TLS with the peer failed: {message} (both workers need "
+            "certificates signed by the same cluster CA, with the cluster-wide server name; see "
+            "docs/running.md)"
+        )
+    if uri.startswith("grpc+tls://") and "Socket closed" in message:
+        message += " (with TLS this is also how a peer refuses our certificate: same cluster CA?)"
     return UpstreamLost(f"lost {_describe(uri, ticket)} {when}: {message}")
 
 
@@ -168,11 +260,27 @@ class FlightClientPool:
 
     ``generic_options`` go to every client's gRPC channel after ``CHANNEL_OPTIONS`` (the bounded
     receive window), e.g. keepalive settings for networks where a peer can vanish without closing its
-    connections.
+    connections. With ``tls`` every client speaks mutual TLS (``grpc+tls://`` URIs): it trusts only
+    the cluster CA, presents this worker's certificate, and checks the server's certificate against
+    the cluster-wide server name rather than the host it dials (data/tls.py says why).
     """
 
-    def __init__(self, generic_options: list[tuple[str, int | str]] | None = None) -> None:
+    def __init__(
+        self, generic_options: list[tuple[str, int | str]] | None = None, tls: FlightTLS | None = None
+    ) -> None:
         self._generic_options = CHANNEL_OPTIONS + list(generic_options or [])
+        self._connect: Callable[[str], flight.FlightClient]
+        if tls is None:
+            self._connect = lambda uri: flight.FlightClient(uri, generic_options=self._generic_options)
+        else:  # mutual TLS: trust the cluster CA only, present our certificate, check the cluster name
+            self._connect = lambda uri: flight.FlightClient(
+                uri,
+                tls_root_certs=tls.ca,
+                cert_chain=tls.cert_chain,
+                private_key=tls.private_key,
+                override_hostname=tls.server_name,
+                generic_options=self._generic_options,
+            )
         self._clients: dict[str, flight.FlightClient] = {}
         self._lock = threading.Lock()
         self._closed = False
@@ -183,7 +291,7 @@ class FlightClientPool:
                 raise RuntimeError("the Flight client pool is closed")
             client = self._clients.get(uri)
             if client is None:
-                client = flight.FlightClient(uri, generic_options=self._generic_options)
+                client = self._connect(uri)
                 self._clients[uri] = client
             return client
 

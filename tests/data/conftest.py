@@ -1,5 +1,6 @@
-"""Fixtures for the data-plane tests: a store on a temp spill dir, a real Flight server on 127.0.0.1,
-a client pool, and deterministic batches (int64, float64, string)."""
+"""Fixtures for the data-plane tests: a store on a temp spill dir, a real Flight server on 127.0.0.1
+that checks fetch tokens under ``TOKEN_KEY`` (``signed`` mints one as the coordinator would), a
+client pool, and deterministic batches (int64, float64, string)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,20 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+from osiris_flight.data import fetch_token
 from osiris_flight.data.batch_store import BatchStore
 from osiris_flight.data.flight_io import FlightClientPool, FlightDataServer
+from osiris_flight.protocol import FetchOutput
 
 SCHEMA = pa.schema([("id", pa.int64()), ("x", pa.float64()), ("s", pa.string())])
 
 BatchFactory = Callable[[int, int], pa.RecordBatch]
+TOKEN_KEY = b"k" * 32  # the coordinator's HMAC key in these tests
+
+
+def signed(ticket: FetchOutput, reader: str = "reader-w", ttl_s: float = 600.0) -> FetchOutput:
+    """``ticket`` with a token the servers of these tests accept, as the coordinator mints it."""
+    return fetch_token.mint(TOKEN_KEY, ticket, reader, ttl_s)
 
 
 def _make_batch(start: int, rows: int) -> pa.RecordBatch:
@@ -51,7 +60,7 @@ def store(spill_dir: Path) -> Iterator[BatchStore]:
 
 @pytest.fixture
 def server(store: BatchStore) -> Iterator[FlightDataServer]:
-    srv = FlightDataServer(store, wait_timeout_s=10.0).start()
+    srv = FlightDataServer(store, wait_timeout_s=10.0, token_key=TOKEN_KEY).start()
     yield srv
     srv.shutdown()
 

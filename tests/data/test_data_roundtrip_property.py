@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from osiris_flight.data.batch_store import BatchStore, batch_nbytes
 from osiris_flight.data.flight_io import FlightClientPool, FlightDataServer
 from osiris_flight.protocol import FetchOutput
+from tests.data.conftest import TOKEN_KEY, signed
 
 # Arrow type -> strategy for one non-null value of it
 _TYPES: list[tuple[pa.DataType, st.SearchStrategy[object]]] = [
@@ -58,9 +59,9 @@ def test_store_spill_flight_round_trip_is_identical(
 ) -> None:
     schema, batches = data
     budget = budget_batches * max((batch_nbytes(b) for b in batches), default=0)
-    ticket = FetchOutput("prop", "stage", 0, 0)
+    ticket = signed(FetchOutput("prop", "stage", 0, 0))
     store = BatchStore(budget, tmp_path / f"spill-{id(data)}", compression=compression)
-    server = FlightDataServer(store, wait_timeout_s=30).start()
+    server = FlightDataServer(store, wait_timeout_s=30, token_key=TOKEN_KEY).start()
     try:
         with FlightClientPool() as pool:
             got: list[pa.RecordBatch] = []

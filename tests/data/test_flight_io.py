@@ -22,9 +22,10 @@ from osiris_flight.data.flight_io import FlightClientPool, FlightDataServer
 from osiris_flight.data.rowstream import RowStream
 from osiris_flight.errors import ProtocolError, TerminalError, UpstreamLost
 from osiris_flight.protocol import PROTOCOL_VERSION, FetchOutput, encode
+from tests.data.conftest import TOKEN_KEY, signed
 
 BatchFactory = Callable[[int, int], pa.RecordBatch]
-TICKET = FetchOutput("run-1", "stage-a", 3, 2)
+TICKET = signed(FetchOutput("run-1", "stage-a", 3, 2), ttl_s=24 * 3600)
 pytestmark = pytest.mark.timeout(60)
 
 
@@ -101,7 +102,7 @@ def test_spilled_output_served_to_two_readers(
     budget = sum(batch_nbytes(b) for b in sent) // 20
     biggest = max(batch_nbytes(b) for b in sent)
     store = BatchStore(budget, spill_dir)
-    server = FlightDataServer(store, wait_timeout_s=10).start()
+    server = FlightDataServer(store, wait_timeout_s=10, token_key=TOKEN_KEY).start()
     try:
         with ThreadPoolExecutor(2) as executor:
             readers = [executor.submit(lambda: list(pool.read(server.uri, TICKET).batches())) for _ in "ab"]
@@ -161,7 +162,7 @@ def test_released_output_is_upstream_lost(
 def test_server_shutdown_mid_stream(
     store: BatchStore, pool: FlightClientPool, schema: pa.Schema, make_batch: BatchFactory
 ) -> None:
-    server = FlightDataServer(store, wait_timeout_s=10).start()
+    server = FlightDataServer(store, wait_timeout_s=10, token_key=TOKEN_KEY).start()
     writer = store.create(TICKET.key, schema)
     writer.append(make_batch(0, 10))
     batches = pool.read(server.uri, TICKET).batches()
@@ -186,7 +187,7 @@ def test_killed_worker_mid_stream_is_upstream_lost(tmp_path: Path, pool: FlightC
         "from osiris_flight.data.batch_store import BatchStore\n"
         "from osiris_flight.data.flight_io import FlightDataServer\n"
         f"store = BatchStore(1 << 20, pathlib.Path({str(tmp_path / 'spill')!r}))\n"
-        "server = FlightDataServer(store).start()\n"
+        f"server = FlightDataServer(store, token_key={TOKEN_KEY!r}).start()\n"
         f"writer = store.create({TICKET.key!r}, pa.schema([('id', pa.int64())]))\n"
         "print(server.uri, flush=True)\n"
         "i = 0\n"
@@ -257,9 +258,9 @@ def test_read_many_concatenates_partitions_in_order(
     tmp_path: Path, pool: FlightClientPool, schema: pa.Schema, make_batch: BatchFactory
 ) -> None:
     stores = [BatchStore(1 << 20, tmp_path / f"spill-{n}") for n in range(2)]
-    servers = [FlightDataServer(s, wait_timeout_s=10).start() for s in stores]
+    servers = [FlightDataServer(s, wait_timeout_s=10, token_key=TOKEN_KEY).start() for s in stores]
     try:
-        tickets = [FetchOutput("run", "scan", p, 0) for p in range(4)]
+        tickets = [signed(FetchOutput("run", "scan", p, 0)) for p in range(4)]
         for ticket in tickets:  # partitions alternate between the two workers
             with stores[ticket.partition % 2].create(ticket.key, schema) as writer:
                 writer.append(make_batch(ticket.partition * 100, 100))
@@ -268,7 +269,7 @@ def test_read_many_concatenates_partitions_in_order(
         assert stream.schema == schema
         assert _ids(stream) == [i for p in reversed(range(4)) for i in range(p * 100, p * 100 + 100)]
 
-        odd = FetchOutput("run", "scan", 9, 0)
+        odd = signed(FetchOutput("run", "scan", 9, 0))
         with stores[0].create(odd.key, pa.schema([("id", pa.int32())])) as writer:
             writer.append(pa.record_batch([pa.array([1], pa.int32())], names=["id"]))
         with pytest.raises(TerminalError, match="must share a schema"):
