@@ -411,6 +411,10 @@ def test_keys_cluster_makes_every_key_in_place_and_never_overwrites(tmp_path: Pa
         "worker.key_secret",
         "client.key_secret",
         "admin.key_secret",
+        "tls/ca.pem",
+        "tls/worker.pem",
+        "tls/worker.key",
+        "tls/ca.key",
     }
     modes = {
         path.relative_to(tmp_path / "k").as_posix(): path.stat().st_mode & 0o777
@@ -423,6 +427,10 @@ def test_keys_cluster_makes_every_key_in_place_and_never_overwrites(tmp_path: Pa
         "authorized/workers/worker.key": 0o644,
         "authorized/clients/client.key": 0o644,
         "authorized/admins/admin.key": 0o644,
+        "tls/ca.pem": 0o644,
+        "tls/worker.pem": 0o644,
+        "tls/worker.key": 0o600,
+        "tls/ca.key": 0o600,
     }
     again = osiris(["keys", "cluster", str(tmp_path / "k")], tmp_path)
     assert again.code == 2 and "exist" in again.stderr and "Traceback" not in again.stderr
