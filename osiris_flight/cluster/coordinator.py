@@ -168,6 +168,7 @@ class Coordinator:
             self._feed(s.Tick(now))
             for run in self.runs.values():
                 run.tracker.flush()
+            self._fail_runs_on_broken_disks()
             if self._parent_gone():
                 log.warning("parent process is gone; coordinator stops")
                 self._stop = True
@@ -470,7 +471,18 @@ class Coordinator:
         )
         self._send(client, p.RunAccepted(msg.run_id, str(run_dir.path), skipped))
         tracker.start(skipped)
+        if tracker.disk_error:
+            self._fail_runs_on_broken_disks()
+            return
         self._execute(instructions)
+
+    def _fail_runs_on_broken_disks(self) -> None:
+        """A run whose directory cannot be written (disk full, I/O error, read-only) fails alone, with
+        the file and the error; the coordinator and the other runs go on."""
+        for run_id in [r for r, run in self.runs.items() if run.tracker.disk_error]:
+            reason = f"run directory failed: {self.runs[run_id].tracker.disk_error}"
+            log.warning("run %s: %s", run_id, reason)
+            self._finish_run(run_id, "failed", reason)
 
     def _feed(self, event: s.Event) -> None:
         self._execute(self.scheduler.handle(event))
@@ -541,6 +553,8 @@ class Coordinator:
         if status != "success" and run_id in self.scheduler.runs and not self.scheduler.runs[run_id].finished:
             self.scheduler.handle(s.RunCancelled(run_id, error, time.monotonic()))
         summary = run.tracker.finish(status, error, failed_task)
+        if status == "success" and run.tracker.disk_error:  # the run's own record could not be written
+            status, error = "failed", f"run directory failed: {run.tracker.disk_error}"
         for worker in self.workers.values():
             self._send(worker.identity, p.ReleaseOutputs(run_id))
         self._send(run.client, p.RunFinished(run_id, status, error, summary))
