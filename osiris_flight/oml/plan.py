@@ -54,6 +54,12 @@ def topological_order(manifest: Manifest) -> list[StepSpec]:
     return order
 
 
+# The longest fused chain a task runs: a fused chain nests its steps' generators on one thread's
+# stack, and a worker sizes its task threads for this many (runtime/deep_chains.py). Longer chains
+# are refused at plan time (so by validate), naming the limit.
+MAX_FUSED_STEPS = 2000
+
+
 @dataclass
 class _Building:
     steps: list[str]
@@ -86,6 +92,16 @@ def plan_manifest(manifest: Manifest, registry: ComponentCatalog) -> Plan:
             producer = step.inputs[0]
             target = stage_of[producer]
             if manifest.consumers(producer) == [step.id] and (target.partitions == 1 or spec.partitionwise):
+                if len(target.steps) >= MAX_FUSED_STEPS:
+                    raise InvalidInput(
+                        Problem(
+                            f"the straight chain from step '{target.steps[0]}' to here would run as one "
+                            f"fused task of more than {MAX_FUSED_STEPS} steps, the limit",
+                            file=manifest.source_file,
+                            step=step.id,
+                            hint="merge steps (filters into one where), or write an intermediate result",
+                        )
+                    )
                 target.steps.append(step.id)
                 stage_of[step.id] = target
                 continue
