@@ -148,6 +148,12 @@ class RunTracker:
                     self.telemetry.event("step_failed", step_id=step_id, error=error)
                 else:
                     self.steps[step_id].state = "cancelled"
+        if status != "success":
+            # Nothing runs after the run ended: no step stays "running" or "pending" in the record.
+            for sp in self.steps.values():
+                if sp.state in ("running", "pending"):
+                    sp.state = "cancelled"
+                    sp.finished_at = sp.finished_at or (now if sp.started_at else None)
         summary = self.summary(now)
         self.telemetry.event(
             "run_end",
