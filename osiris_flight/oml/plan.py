@@ -10,7 +10,7 @@ stable topological order (ties broken by file order), so the same manifest alway
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from osiris_flight.errors import InvalidInput, Problem
 from osiris_flight.oml.model import Manifest, OutputKind, Plan, Stage, StepSpec
@@ -102,6 +102,18 @@ def plan_manifest(manifest: Manifest, registry: ComponentCatalog) -> Plan:
                             hint="merge steps (filters into one where), or write an intermediate result",
                         )
                     )
+                if target.partitions > 1 and spec.single_task is not None:
+                    problem = spec.single_task(step.config)
+                    if problem is not None:
+                        raise InvalidInput(
+                            replace(
+                                problem,
+                                message=f"{problem.message} ('{target.steps[0]}', {target.partitions} "
+                                "partitions)",
+                                file=manifest.source_file,
+                                step=step.id,
+                            )
+                        )
                 target.steps.append(step.id)
                 stage_of[step.id] = target
                 continue
