@@ -4,11 +4,12 @@ names the problem, no traceback, nothing run."""
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.cluster.conftest import osiris
+from tests.cluster.conftest import BIN, cli_env, osiris
 
 GOOD = """\
 oml_version: "0.2.0"
@@ -225,3 +226,52 @@ def test_replace_after_a_partitioned_read_is_refused_before_anything_runs(
     # Appending per partition is valid.
     (tmp_path / "p.yaml").write_text(SPLIT_COPY.replace("WRITE", "mode: append"))
     assert osiris(["plan", "p.yaml"], tmp_path).code == 0
+
+
+PORT_PIPELINE = """\
+oml_version: "0.2.0"
+name: port
+steps:
+  - id: extract
+    component: mysql.extractor
+    mode: read
+    config: {connection: "@mysql.db", table: orders}
+  - id: write
+    component: filesystem.csv_writer
+    mode: write
+    depends_on: [extract]
+    config: {path: out.csv}
+"""
+
+
+@pytest.mark.parametrize(
+    ("port", "env", "shown"),
+    [
+        ("${MYSQL_PORT}", "abc", "'abc' (from environment variable MYSQL_PORT)"),
+        ("${MYSQL_PORT}", "70000", "'70000' (from environment variable MYSQL_PORT)"),
+        ("three", "", "'three'"),
+    ],
+)
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_a_bad_port_is_reported_against_the_connection_and_field(
+    tmp_path: Path, port: str, env: str, shown: str, command: str
+) -> None:
+    (tmp_path / "osiris_connections.yaml").write_text(CONNECTIONS.format(port=port, password="s3cret"))
+    (tmp_path / "p.yaml").write_text(PORT_PIPELINE)
+    proc = subprocess.run(
+        [str(BIN / "osiris-flight"), command, "p.yaml"],
+        cwd=tmp_path,
+        env={**cli_env(), "MYSQL_PORT": env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr and "ValueError" not in proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    connections = tmp_path / "osiris_connections.yaml"
+    assert line == (
+        f"error: {connections}:6: connection '@mysql.db' field 'port' is {shown}, "
+        "not a whole number from 1 to 65535"
+    )
+    assert not (tmp_path / "run_logs").exists()
