@@ -12,7 +12,9 @@ Two families matter to users and to the scheduler:
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass
+from pathlib import Path
 
 EXIT_OK = 0
 EXIT_RUN_FAILED = 1
@@ -95,3 +97,11 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, TaskError):
         return exc.transient
     return isinstance(exc, ConnectionError | TimeoutError)
+
+
+def disk_error(path: Path, exc: OSError) -> str:
+    """One line for a file the engine could not write: which file, and what the system said."""
+    reason = exc.strerror or str(exc)
+    if exc.errno is not None and exc.errno in errno.errorcode:
+        reason += f" ({errno.errorcode[exc.errno]})"
+    return f"cannot write {path}: {reason}"

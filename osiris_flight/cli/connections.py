@@ -216,6 +216,10 @@ def _probe_mysql(target: Target, timeout_s: float, make: Any) -> Check:
 
     cfg = target.fields
     user = cfg.get("user", cfg.get("username"))
+    port = cfg.get("port") or 3306
+    if not str(port).isdigit() or not 1 <= int(str(port)) <= 65535:
+        message = f"field 'port' is {port!r}, not a whole number from 1 to 65535"
+        return make("error", message, category="config")
     try:
         kwargs: dict[str, Any] = {
             "host": str(cfg.get("host") or "localhost"),

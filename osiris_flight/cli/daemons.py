@@ -26,6 +26,7 @@ import click
 from osiris_flight.config import Config, load_config
 from osiris_flight.errors import InvalidInput
 from osiris_flight.runtime import allocator
+from osiris_flight.runtime.deep_chains import allow_deep_chains
 
 # Before pyarrow allocates anything: the pool is picked on first use (runtime/allocator.py says why).
 allocator.choose_arrow_pool()
@@ -247,6 +248,7 @@ def worker_main(
 
     _logging(log_level)
     allocator.tune()
+    allow_deep_chains()  # before any task thread starts
     config = _config(config_path)
     engine = config.engine
     address = coordinator or config.cluster.coordinator

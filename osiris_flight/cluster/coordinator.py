@@ -101,6 +101,7 @@ class ActiveRun:
     plan: Plan
     connections: dict[str, dict[str, Any]]
     batch_rows: int
+    disk_failed: bool = False  # its run directory broke: the run is being cancelled
 
 
 @dataclass
@@ -194,6 +195,7 @@ class Coordinator:
             self._feed(s.Tick(now))
             for run in self.runs.values():
                 run.tracker.flush()
+            self._fail_runs_on_broken_disks()
             if self._parent_gone():
                 log.warning("parent process is gone; coordinator stops")
                 self._stop = True
@@ -539,6 +541,16 @@ class Coordinator:
             )
         )
 
+    def _fail_runs_on_broken_disks(self) -> None:
+        """A run whose directory cannot be written (disk full, I/O error, read-only) fails alone, with
+        the file and the error; the coordinator and the other runs go on."""
+        for run_id, run in list(self.runs.items()):
+            if run.tracker.disk_error and not run.disk_failed:
+                run.disk_failed = True
+                reason = f"run directory failed: {run.tracker.disk_error}"
+                log.warning("run %s: %s", run_id, reason)
+                self._feed(s.RunCancelled(run_id, reason, time.monotonic()))
+
     def _feed(self, event: s.Event) -> None:
         self._execute(self.scheduler.handle(event))
 
@@ -623,6 +635,8 @@ class Coordinator:
         if run is None:
             return
         summary = run.tracker.finish(status, error, failed_task)
+        if status == "success" and run.tracker.disk_error:  # the run's own record could not be written
+            status, error = "failed", f"run directory failed: {run.tracker.disk_error}"
         for worker in self.workers.values():
             self._send(worker.identity, p.ReleaseOutputs(run_id))
         self._send(run.client, p.RunFinished(run_id, status, error, summary))

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from osiris_flight import protocol as p
+from osiris_flight.errors import disk_error
 from osiris_flight.oml.model import Manifest, Plan, parse_task_id
 from osiris_flight.runs.journal import Journal
 from osiris_flight.runs.rundir import RunDir
@@ -73,8 +74,13 @@ class RunTracker:
         # message per event cost the coordinator a fifth of its time on runs of small tasks).
         self._outbox: list[dict[str, Any]] = []
         self._progress_due = False  # a progress event is owed (built at flush: the latest counts)
+        # The run directory may fail under the run (disk full, I/O error, read-only): the sink and the
+        # journal then stop writing and keep the reason, ``disk_error`` reports it, and the
+        # coordinator fails this run only.
+        self._status_error: str | None = None
+        self._records = JsonlSink(run_dir.events, run_dir.metrics)
         self.telemetry = Telemetry(
-            [JsonlSink(run_dir.events, run_dir.metrics), CallbackSink(self._outbox.append, CLIENT_EVENTS)],
+            [self._records, CallbackSink(self._outbox.append, CLIENT_EVENTS)],
             run_id=self.run_id,
             pipeline=manifest.name,
         )
@@ -98,6 +104,19 @@ class RunTracker:
                 self.steps[step_id].rows_by_task[task_id] = int(counters.get("rows", 0))
                 self.steps[step_id].state = "skipped"
 
+    @property
+    def disk_error(self) -> str | None:
+        """Why this run's directory can no longer be written (which file, what error), or None."""
+        return self._records.error or self.journal.error or self._status_error
+
+    def _write_status(self, **fields: Any) -> None:
+        if self._status_error is not None:
+            return
+        try:
+            self.run_dir.write_status(**fields)
+        except OSError as exc:
+            self._status_error = disk_error(self.run_dir.status, exc)
+
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self, skipped_tasks: list[str]) -> None:
         for task_id in skipped_tasks:
@@ -113,7 +132,7 @@ class RunTracker:
             tasks=sum(s.partitions for s in self.plan.stages),
             skipped_tasks=skipped_tasks,
         )
-        self.run_dir.write_status(status="running", started_at=self.started_at, resumed=self.resumed)
+        self._write_status(status="running", started_at=self.started_at, resumed=self.resumed)
 
     def finish(self, status: str, error: str = "", failed_task: str | None = None) -> dict[str, Any]:
         now = time.time()
@@ -129,6 +148,12 @@ class RunTracker:
                     self.telemetry.event("step_failed", step_id=step_id, error=error)
                 else:
                     self.steps[step_id].state = "cancelled"
+        if status != "success":
+            # Nothing runs after the run ended: no step stays "running" or "pending" in the record.
+            for sp in self.steps.values():
+                if sp.state in ("running", "pending"):
+                    sp.state = "cancelled"
+                    sp.finished_at = sp.finished_at or (now if sp.started_at else None)
         summary = self.summary(now)
         self.telemetry.event(
             "run_end",
@@ -138,7 +163,7 @@ class RunTracker:
             steps=summary["steps"],
         )
         self.journal.ended(status)
-        self.run_dir.write_status(
+        self._write_status(
             status=status,
             error=error or None,
             started_at=self.started_at,

@@ -18,7 +18,6 @@ import os
 import shutil
 import signal
 import socket
-import tempfile
 import threading
 import time
 import traceback
@@ -36,6 +35,7 @@ import zmq
 from osiris_flight import protocol as p
 from osiris_flight.cluster.curve import CurveKeys, secure_client
 from osiris_flight.cluster.private_dir import private_umask
+from osiris_flight.cluster.spill_dirs import claim_spill_dir
 from osiris_flight.components.base import Cancelled
 from osiris_flight.components.registry import build_registry
 from osiris_flight.data.batch_store import BatchStore, SpillEvent
@@ -79,10 +79,8 @@ class Worker:
     def __init__(self, options: WorkerOptions) -> None:
         self.options = options
         self.worker_id = options.worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
-        self._own_spill_dir = options.spill_dir is None
-        spill_root = Path(options.spill_dir or tempfile.mkdtemp(prefix="osiris_spill_"))
-        self.spill_dir = spill_root / self.worker_id if not self._own_spill_dir else spill_root
-        self.spill_dir.mkdir(parents=True, exist_ok=True)
+        # Marked as this live worker's; dead workers' spill directories under the root are removed.
+        self.spill_dir, self._spill_owner = claim_spill_dir(options.spill_dir, self.worker_id)
         self.work_dir = self.spill_dir / "work"
         self.work_dir.mkdir(exist_ok=True)
         self.store = BatchStore(

@@ -178,6 +178,9 @@ class ComponentSpec:
     ``partitionwise`` transforms handle each batch independently, so they may run per partition.
     ``columns_used`` tells the query optimizer which input columns a step with this config reads
     (None, or a function returning None: every column), so a MySQL read upstream can select only those.
+    ``single_task`` (partition-wise components) says when a config cannot run once per partition:
+    it returns the problem to report (with ``field``) if the planner would fuse the step behind a
+    split input, else None.
     """
 
     name: str
@@ -191,6 +194,7 @@ class ComponentSpec:
     check: Callable[[Mapping[str, Any]], list[Problem]] = field(default=lambda config: [])
     partitions: Callable[[Mapping[str, Any]], int] = field(default=lambda config: 1)
     columns_used: Callable[[Mapping[str, Any]], ColumnUse | None] | None = None
+    single_task: Callable[[Mapping[str, Any]], Problem | None] | None = None
 
     @property
     def mode(self) -> str:

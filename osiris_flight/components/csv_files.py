@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import os
 import re
 import shutil
@@ -35,7 +36,15 @@ from osiris_flight.components._common import (
     format_columns,
     rebatch,
 )
-from osiris_flight.components._encoding import Transcoder, bomless, check_encoding, codec_name
+from osiris_flight.components._encoding import (
+    ENCODING_ERRORS,
+    DecodedInput,
+    Transcoder,
+    bomless,
+    check_encoding,
+    codec_name,
+    first_invalid,
+)
 from osiris_flight.components.base import ComponentSpec, Sink, Source, WriteResult
 from osiris_flight.data.rowstream import RowStream
 from osiris_flight.errors import Problem, TerminalError
@@ -78,6 +87,13 @@ EXTRACTOR_SCHEMA: dict[str, Any] = {
             "minLength": 1,
             "default": "utf-8",
             "description": "Text encoding of the file (any Python codec name). Default utf-8.",
+        },
+        "encoding_errors": {
+            "enum": list(ENCODING_ERRORS),
+            "default": "strict",
+            "description": "Bytes that are not valid text in the encoding: strict (default) fails the "
+            "step, naming the file, the line and the byte offset; replace reads each bad sequence as "
+            "U+FFFD; ignore drops it.",
         },
         "skip_rows": {
             "type": "integer",
@@ -239,6 +255,7 @@ class CsvExtractor(Source):
             reader.close()
             reader = self._open_reader(path, block_size, ignore_empty_lines=False)
         self._check_types(reader.schema)
+        self._check_text(path, reader)
         step = self.ctx.step_id
 
         def batches() -> Iterator[pa.RecordBatch]:
@@ -250,6 +267,8 @@ class CsvExtractor(Source):
                         return
                     except pa.ArrowException as exc:
                         raise self._parse_error(path, exc) from None
+                    except UnicodeDecodeError:  # pyarrow's transcoding of another encoding
+                        raise self._invalid_text(path) from None
                     yield batch
             finally:
                 reader.close()
@@ -281,13 +300,17 @@ class CsvExtractor(Source):
         cfg = self.config
         header = bool(cfg.get("header", True))
         column_names = cfg.get("column_names")
+        encoding, errors = str(cfg.get("encoding", "utf-8")), str(cfg.get("encoding_errors", "strict"))
+        source: Any = str(path)
+        if errors != "strict":  # decoded here, so pyarrow reads UTF-8
+            source, encoding = io.BufferedReader(DecodedInput(path, encoding, errors), 1 << 20), "utf-8"
         read_options = pacsv.ReadOptions(
             use_threads=False,  # one block in memory at a time: the memory bound
             block_size=block_size,
             skip_rows=int(cfg.get("skip_rows", 0)),
             column_names=None if header else column_names,
             autogenerate_column_names=not header and not column_names,
-            encoding=str(cfg.get("encoding", "utf-8")),
+            encoding=encoding,
         )
         quote_char = cfg.get("quote_char", '"')
         parse_options = pacsv.ParseOptions(
@@ -306,7 +329,7 @@ class CsvExtractor(Source):
         )
         try:
             return pacsv.open_csv(
-                str(path),
+                source,
                 read_options=read_options,
                 parse_options=parse_options,
                 convert_options=convert_options,
@@ -320,10 +343,41 @@ class CsvExtractor(Source):
             ) from None
         except pa.ArrowException as exc:
             raise self._parse_error(path, exc) from None
+        except UnicodeDecodeError:  # pyarrow's transcoding of another encoding
+            raise self._invalid_text(path) from None
+
+    def _check_text(self, path: Path, reader: pacsv.CSVStreamingReader) -> None:
+        """Invalid UTF-8 in the first block makes pyarrow infer a column as binary, not string: in
+        strict mode that is the file's error, not data for the steps after this one."""
+        asked = self.config.get("column_types") or {}
+        if self.config.get("encoding_errors", "strict") != "strict":
+            return
+        for f in reader.schema:
+            if pa.types.is_binary(f.type) and f.name not in asked:
+                reader.close()
+                raise self._invalid_text(path, f"column '{f.name}'")
+
+    def _invalid_text(self, path: Path, where: str = "") -> TerminalError:
+        encoding = str(self.config.get("encoding", "utf-8"))
+        try:
+            found = first_invalid(path, encoding)
+        except (OSError, LookupError):
+            found = None
+        located = f" at line {found[0]} (byte offset {found[1]}: {found[2]})" if found else ""
+        where = f"{where}: " if where else ""
+        return TerminalError(
+            f"step '{self.ctx.step_id}': CSV file {path}: {where}invalid {encoding} text{located}; fix "
+            "the file, or set encoding to the file's encoding, or encoding_errors: replace (or ignore)"
+        )
 
     def _parse_error(self, path: Path, exc: pa.ArrowException) -> TerminalError:
         """A pyarrow CSV error as a message naming the file, the row and the column where pyarrow tells."""
         message = str(exc)
+        if "invalid UTF8" in message:
+            found = re.match(r"In CSV column #(\d+)", message)
+            names = (self._file_columns(path) or []) if found else []
+            column = int(found.group(1)) if found else -1
+            return self._invalid_text(path, f"column '{names[column]}'" if 0 <= column < len(names) else "")
         found = re.match(r"In CSV column #(\d+)", message)
         names = self._file_columns(path) or [] if found else []  # pyarrow counts the file's columns
         if found and int(found.group(1)) < len(names):

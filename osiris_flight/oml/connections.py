@@ -233,7 +233,9 @@ def reference_problems(
         if target is None:
             problems += [Problem(why, file=manifest.source_file, step=s, field=f, hint=hint) for s, f in uses]
         else:
-            problems += _env_problems(conns, ref, *target, environ)
+            problems += _env_problems(conns, ref, *target, environ) or _number_problems(
+                conns, ref, *target, environ
+            )
     return problems
 
 
@@ -374,6 +376,48 @@ def _env_problems(
                     line=conns.line_of(family, alias, *key),
                 )
             )
+    return problems
+
+
+# Connection fields that must be numbers, whether written in the file or filled from the
+# environment: (what a valid value is, its test). A bad one is reported at validate, against the
+# connection and field, instead of as a bare ValueError where a task opens the connection.
+_NUMERIC_FIELDS: dict[str, tuple[str, Any]] = {
+    "port": ("a whole number from 1 to 65535", lambda v: 1 <= int(str(v)) <= 65535),
+    "connect_timeout": ("a number of seconds above 0", lambda v: float(v) > 0),
+    "read_timeout": ("a number of seconds above 0", lambda v: float(v) > 0),
+    "write_timeout": ("a number of seconds above 0", lambda v: float(v) > 0),
+}
+
+
+def _number_problems(
+    conns: ConnectionsFile, ref: str, family: str, alias: str, environ: Mapping[str, str] | None
+) -> list[Problem]:
+    env = os.environ if environ is None else environ
+    fields = conns.connections[family][alias]
+    problems = []
+    for key, (valid, ok) in _NUMERIC_FIELDS.items():
+        if key not in fields or fields[key] is None:
+            continue
+        raw = fields[key]
+        value = _expand(raw, env)
+        try:
+            good = not isinstance(value, bool) and bool(ok(value))
+        except (TypeError, ValueError, OverflowError):
+            good = False
+        if good:
+            continue
+        source = ""
+        if isinstance(raw, str) and raw != value:
+            names = re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", raw)
+            source = f" (from environment variable {', '.join(names) or '?'})"
+        problems.append(
+            Problem(
+                f"connection '{ref}' field '{key}' is {value!r}{source}, not {valid}",
+                file=conns.file,
+                line=conns.line_of(family, alias, key),
+            )
+        )
     return problems
 
 

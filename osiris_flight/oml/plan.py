@@ -10,7 +10,7 @@ stable topological order (ties broken by file order), so the same manifest alway
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from osiris_flight.errors import InvalidInput, Problem
 from osiris_flight.oml.model import Manifest, OutputKind, Plan, Stage, StepSpec
@@ -54,6 +54,12 @@ def topological_order(manifest: Manifest) -> list[StepSpec]:
     return order
 
 
+# The longest fused chain a task runs: a fused chain nests its steps' generators on one thread's
+# stack, and a worker sizes its task threads for this many (runtime/deep_chains.py). Longer chains
+# are refused at plan time (so by validate), naming the limit.
+MAX_FUSED_STEPS = 2000
+
+
 @dataclass
 class _Building:
     steps: list[str]
@@ -86,6 +92,28 @@ def plan_manifest(manifest: Manifest, registry: ComponentCatalog) -> Plan:
             producer = step.inputs[0]
             target = stage_of[producer]
             if manifest.consumers(producer) == [step.id] and (target.partitions == 1 or spec.partitionwise):
+                if len(target.steps) >= MAX_FUSED_STEPS:
+                    raise InvalidInput(
+                        Problem(
+                            f"the straight chain from step '{target.steps[0]}' to here would run as one "
+                            f"fused task of more than {MAX_FUSED_STEPS} steps, the limit",
+                            file=manifest.source_file,
+                            step=step.id,
+                            hint="merge steps (filters into one where), or write an intermediate result",
+                        )
+                    )
+                if target.partitions > 1 and spec.single_task is not None:
+                    problem = spec.single_task(step.config)
+                    if problem is not None:
+                        raise InvalidInput(
+                            replace(
+                                problem,
+                                message=f"{problem.message} ('{target.steps[0]}', {target.partitions} "
+                                "partitions)",
+                                file=manifest.source_file,
+                                step=step.id,
+                            )
+                        )
                 target.steps.append(step.id)
                 stage_of[step.id] = target
                 continue

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from osiris_flight.errors import disk_error
 from osiris_flight.runs.rundir import read_jsonl
 
 JOURNAL_VERSION = 1
@@ -35,13 +36,28 @@ class JournalState:
 
 
 class Journal:
+    """Appends journal lines. A line that cannot be written (disk full, I/O error, read-only) does not
+    raise: the first failure is kept in ``error`` and nothing more is written, and the owner fails
+    the run (a commit the journal could not record must not count as durable)."""
+
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._fh = path.open("a", encoding="utf-8")
+        self.error: str | None = None
+        self._fh: Any = None
+        try:
+            self._fh = path.open("a", encoding="utf-8")
+        except OSError as exc:
+            self.error = disk_error(path, exc)
 
     def _append(self, record: dict[str, Any]) -> None:
-        self._fh.write(json.dumps({"v": JOURNAL_VERSION, **record}, sort_keys=True, default=str) + "\n")
-        self._fh.flush()
+        if self._fh is None:
+            return
+        try:
+            self._fh.write(json.dumps({"v": JOURNAL_VERSION, **record}, sort_keys=True, default=str) + "\n")
+            self._fh.flush()
+        except OSError as exc:
+            self.error = self.error or disk_error(self.path, exc)
+            self.close()
 
     def started(self, manifest_fingerprint: str, resumed: bool) -> None:
         self._append({"type": "run_start", "manifest": manifest_fingerprint, "resumed": resumed})
@@ -66,7 +82,12 @@ class Journal:
         self._append({"type": "run_end", "status": status})
 
     def close(self) -> None:
-        self._fh.close()
+        fh, self._fh = self._fh, None
+        if fh is not None:
+            try:
+                fh.close()
+            except OSError as exc:  # the buffered tail could not be written
+                self.error = self.error or disk_error(self.path, exc)
 
 
 def read_journal(path: Path) -> JournalState:

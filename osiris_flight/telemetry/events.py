@@ -8,6 +8,7 @@ are masked before any sink sees them: secrets never reach a log.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import threading
@@ -17,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from osiris_flight.errors import disk_error
 from osiris_flight.redaction import REDACTED, is_secret_key
 
 # Wider than is_secret_key on purpose: an event field is masked when its name merely contains one of
@@ -48,32 +50,68 @@ class Sink(Protocol):
 class JsonlSink:
     """Appends one JSON object per line. Lines are flushed by ``flush()``, which the coordinator calls
     once per pass of its loop (at most ~0.1 s apart): a killed coordinator loses at most that, and a
-    flush per record cost a system call for each of the ~10 records of every task."""
+    flush per record cost a system call for each of the ~10 records of every task.
+
+    A file that cannot be opened or written (disk full, I/O error, read-only) never raises into the
+    caller: the sink records the first failure in ``error`` (naming the file and the system's
+    message) and writes nothing more. Its owner decides what that means for the run."""
 
     def __init__(self, events_path: Path, metrics_path: Path) -> None:
-        self._events = events_path.open("a", encoding="utf-8")
-        self._metrics = metrics_path.open("a", encoding="utf-8")
         self._lock = threading.Lock()
+        self.error: str | None = None
+        self._files: dict[Path, Any] = {}
+        for path in (events_path, metrics_path):
+            try:
+                self._files[path] = path.open("a", encoding="utf-8")
+            except OSError as exc:
+                self._fail(path, exc)
+                return
+        self._events = self._files[events_path]
+        self._metrics = self._files[metrics_path]
+
+    def _fail(self, path: Path, exc: OSError) -> None:
+        if self.error is None:
+            self.error = disk_error(path, exc)
+        for fh in self._files.values():
+            with contextlib.suppress(OSError, ValueError):
+                fh.close()
+        self._files = {}
 
     def _write(self, fh: Any, record: dict[str, Any]) -> None:
         line = json.dumps(record, ensure_ascii=False, default=str)
         with self._lock:
-            fh.write(line + "\n")
+            if self.error is not None:
+                return
+            try:
+                fh.write(line + "\n")
+            except OSError as exc:
+                self._fail(Path(fh.name), exc)
 
     def event(self, record: dict[str, Any]) -> None:
-        self._write(self._events, record)
+        if self.error is None:
+            self._write(self._events, record)
 
     def metric(self, record: dict[str, Any]) -> None:
-        self._write(self._metrics, record)
+        if self.error is None:
+            self._write(self._metrics, record)
 
     def flush(self) -> None:
         with self._lock:
-            self._events.flush()
-            self._metrics.flush()
+            for path, fh in list(self._files.items()):
+                try:
+                    fh.flush()
+                except OSError as exc:
+                    self._fail(path, exc)
+                    return
 
     def close(self) -> None:
-        self._events.close()
-        self._metrics.close()
+        with self._lock:
+            for path, fh in list(self._files.items()):
+                try:
+                    fh.close()
+                except OSError as exc:
+                    self._fail(path, exc)
+            self._files = {}
 
 
 class CallbackSink:

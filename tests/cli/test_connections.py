@@ -108,3 +108,15 @@ def test_unknown_names_and_a_missing_file_are_invalid_input(
         tmp_path,
     )
     assert moved.code == 0, moved.stdout + moved.stderr
+
+
+def test_doctor_names_the_field_of_a_bad_port(tmp_path: Path) -> None:
+    (tmp_path / "osiris_connections.yaml").write_text(
+        "version: 1\nconnections:\n  mysql:\n"
+        '    db: {host: 127.0.0.1, port: "${OSIRIS_TEST_PORT:-abc}", user: etl}\n'
+    )
+    result = osiris(["connections", "doctor", "@mysql.db", "--json"], tmp_path)
+    assert result.code == 1 and "Traceback" not in result.stderr
+    (check,) = result.json()["results"]
+    assert (check["ref"], check["status"], check["category"]) == ("@mysql.db", "error", "config")
+    assert check["message"] == "field 'port' is 'abc', not a whole number from 1 to 65535"

@@ -4,11 +4,12 @@ names the problem, no traceback, nothing run."""
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.cluster.conftest import osiris
+from tests.cluster.conftest import BIN, cli_env, osiris
 
 GOOD = """\
 oml_version: "0.2.0"
@@ -174,3 +175,103 @@ def test_config_keys_accepted_for_osiris_but_ignored_are_named(tmp_path: Path) -
     assert "note: step 'write': config.chunk_size has no effect here" in result.stderr
     body = json.loads(osiris(["validate", "p.yaml", "--json"], tmp_path).stdout)
     assert body["notes"] == [result.stderr.splitlines()[0].removeprefix("note: ")]
+
+
+CONNECTIONS = """\
+version: 1
+connections:
+  mysql:
+    db:
+      host: 127.0.0.1
+      port: {port}
+      database: shop
+      user: etl
+      password: "{password}"
+"""
+
+SPLIT_COPY = """\
+oml_version: "0.2.0"
+name: split_copy
+steps:
+  - id: extract
+    component: mysql.extractor
+    mode: read
+    config: {connection: "@mysql.db", table: orders, partition: {column: id, partitions: 4}}
+  - id: load
+    component: mysql.writer
+    mode: write
+    depends_on: [extract]
+    config: {connection: "@mysql.db", table: orders_copy, WRITE}
+"""
+
+
+@pytest.mark.parametrize(
+    ("write", "field"),
+    [("mode: replace", "config.mode"), ("truncate_before: true", "config.truncate_before")],
+)
+@pytest.mark.parametrize("command", ["validate", "plan", "run"])
+def test_replace_after_a_partitioned_read_is_refused_before_anything_runs(
+    tmp_path: Path, write: str, field: str, command: str
+) -> None:
+    (tmp_path / "osiris_connections.yaml").write_text(CONNECTIONS.format(port=3306, password="s3cret"))
+    (tmp_path / "p.yaml").write_text(SPLIT_COPY.replace("WRITE", write))
+    result = osiris([command, "p.yaml"], tmp_path)
+    assert result.code == 2, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr + result.stdout
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: p.yaml: step 'load': field '{field}': "), line
+    assert "needs one writer task" in line and "('extract', 4 partitions)" in line
+    assert "drop the partition of the upstream read, or use mode: append into an emptied table" in line
+    assert not (tmp_path / "run_logs").exists()
+    # Appending per partition is valid.
+    (tmp_path / "p.yaml").write_text(SPLIT_COPY.replace("WRITE", "mode: append"))
+    assert osiris(["plan", "p.yaml"], tmp_path).code == 0
+
+
+PORT_PIPELINE = """\
+oml_version: "0.2.0"
+name: port
+steps:
+  - id: extract
+    component: mysql.extractor
+    mode: read
+    config: {connection: "@mysql.db", table: orders}
+  - id: write
+    component: filesystem.csv_writer
+    mode: write
+    depends_on: [extract]
+    config: {path: out.csv}
+"""
+
+
+@pytest.mark.parametrize(
+    ("port", "env", "shown"),
+    [
+        ("${MYSQL_PORT}", "abc", "'abc' (from environment variable MYSQL_PORT)"),
+        ("${MYSQL_PORT}", "70000", "'70000' (from environment variable MYSQL_PORT)"),
+        ("three", "", "'three'"),
+    ],
+)
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_a_bad_port_is_reported_against_the_connection_and_field(
+    tmp_path: Path, port: str, env: str, shown: str, command: str
+) -> None:
+    (tmp_path / "osiris_connections.yaml").write_text(CONNECTIONS.format(port=port, password="s3cret"))
+    (tmp_path / "p.yaml").write_text(PORT_PIPELINE)
+    proc = subprocess.run(
+        [str(BIN / "osiris-flight"), command, "p.yaml"],
+        cwd=tmp_path,
+        env={**cli_env(), "MYSQL_PORT": env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr and "ValueError" not in proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    connections = tmp_path / "osiris_connections.yaml"
+    assert line == (
+        f"error: {connections}:6: connection '@mysql.db' field 'port' is {shown}, "
+        "not a whole number from 1 to 65535"
+    )
+    assert not (tmp_path / "run_logs").exists()

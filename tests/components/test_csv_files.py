@@ -428,3 +428,45 @@ def test_conversion_error_in_a_picked_column_names_the_file_column(tmp_path: Pat
     path.write_text("a,b,c\n1,2,zz\n")
     with pytest.raises(TerminalError, match=r"column 'c': In CSV column #2: Row #2.*'zz'"):
         read(tmp_path, {"path": str(path), "columns": ["c"], "column_types": {"c": "int64"}})
+
+
+BAD_UTF8 = b"id,name\n1,ok\n2,caf\xe9 au lait\n3,x\n"
+
+
+def test_invalid_utf8_is_the_readers_error_naming_file_line_and_offset(tmp_path: Path) -> None:
+    """pyarrow inferred the column as binary and passed it on; the writer then took the blame."""
+    (tmp_path / "in.csv").write_bytes(BAD_UTF8)
+    with pytest.raises(TerminalError) as err:
+        read(tmp_path, {"path": str(tmp_path / "in.csv")})
+    assert str(err.value) == (
+        f"step 'read_csv': CSV file {tmp_path / 'in.csv'}: column 'name': invalid utf-8 text at line 3 "
+        "(byte offset 18: invalid continuation byte); fix the file, or set encoding to the file's "
+        "encoding, or encoding_errors: replace (or ignore)"
+    )
+
+
+def test_invalid_utf8_after_the_first_block_is_located_too(tmp_path: Path) -> None:
+    good = b"".join(b"%d,name%d\n" % (i, i) for i in range(50_000))
+    (tmp_path / "in.csv").write_bytes(b"id,name\n" + good + b"50000,\xff\n")
+    with pytest.raises(TerminalError) as err:
+        read(tmp_path, {"path": str(tmp_path / "in.csv")}, batch_rows=1000)
+    where = f"CSV file {tmp_path / 'in.csv'}: column 'name': invalid utf-8 text at line 50002 "
+    assert where in str(err.value)
+    assert f"(byte offset {len(good) + 8 + 6}: invalid start byte)" in str(err.value)
+
+
+@pytest.mark.parametrize(("errors", "name"), [("replace", "caf\ufffd au lait"), ("ignore", "caf au lait")])
+def test_encoding_errors_replace_or_ignore_decode_the_bad_bytes(
+    tmp_path: Path, errors: str, name: str
+) -> None:
+    (tmp_path / "in.csv").write_bytes(BAD_UTF8)
+    table = read(tmp_path, {"path": str(tmp_path / "in.csv"), "encoding_errors": errors})
+    assert table.schema.field("name").type == pa.string()
+    assert table.column("name").to_pylist() == ["ok", name, "x"]
+
+
+def test_invalid_bytes_in_another_encoding_are_located(tmp_path: Path) -> None:
+    (tmp_path / "in.csv").write_bytes("id,name\n1,é\n".encode("utf-16-le") + b"\x00\xd8,\x00")
+    with pytest.raises(TerminalError) as err:
+        read(tmp_path, {"path": str(tmp_path / "in.csv"), "encoding": "utf-16-le"})
+    assert "invalid utf-16-le text at line 3" in str(err.value)

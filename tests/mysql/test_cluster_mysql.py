@@ -151,3 +151,76 @@ def test_resume_of_a_killed_copy_continues_after_the_last_committed_chunk(
     ][-1]["steps"]["extract"]["rows"]
     assert read_after_resume <= ROWS - 3 * 5000  # it did not start from zero
     assert_no_orphans(tmp_path)
+
+
+LOAD_ROWS = 600_000
+LOAD_PIPELINE = """
+oml_version: "0.2.0"
+name: csv_to_mysql
+steps:
+  - id: extract
+    component: filesystem.csv_extractor
+    mode: read
+    config: {{path: wide.csv}}
+  - id: load
+    component: mysql.writer
+    mode: write
+    depends_on: [extract]
+    config: {{connection: "@mysql.test", table: {dst}, mode: replace, create_table: true, batch_size: 300000}}
+"""
+
+
+def _kill_during_load_data(server: MySQLServer, run_dir: Path) -> int:
+    """KILL the writer's connection (from its mysql_connected event) while it runs LOAD DATA."""
+    admin = server.connect()
+    try:
+        deadline = time.monotonic() + 120
+        with admin.cursor() as cur:
+            while time.monotonic() < deadline:
+                found = [e for e in events(run_dir) if e["event"] == "mysql_connected"]
+                if found:
+                    victim = int(found[-1]["connection_id"])
+                    cur.execute("SELECT INFO FROM information_schema.PROCESSLIST WHERE ID = %s", (victim,))
+                    info = cur.fetchone()
+                    if info and str(info[0] or "").startswith("LOAD DATA LOCAL INFILE"):
+                        cur.execute(f"KILL {victim}")
+                        return victim
+                time.sleep(0.002)
+    finally:
+        admin.close()
+    raise AssertionError("the writer's connection was never seen running LOAD DATA")
+
+
+def test_server_side_kill_during_load_data_is_a_prompt_transient_retry(
+    tmp_path: Path, mysql_server: MySQLServer
+) -> None:
+    """pymysql blocked ~105 s in sendall after the KILL, then raised AttributeError from its finally
+    (a terminal failure). The upload now ends at the KILL, as a lost connection (2013, from the
+    server's end-of-file, not a send timeout), and the engine retries it."""
+    dst = unique("loaded")
+    mysql_server.connections_yaml(tmp_path / "osiris_connections.yaml")
+    (tmp_path / "osiris.yaml").write_text("engine:\n  batch_rows: 300000\n")
+    (tmp_path / "pipeline.yaml").write_text(LOAD_PIPELINE.format(dst=dst))
+    with (tmp_path / "wide.csv").open("w") as fh:
+        fh.write("id,label\n")
+        fh.writelines(f"{i},row-{i}-{'x' * 60}\n" for i in range(LOAD_ROWS))
+    proc = start_osiris(["run", "pipeline.yaml", "--json", "--workers", "1"], tmp_path)
+    try:
+        run_dir = wait_until(lambda: latest_run_dir(tmp_path), 60, "the run directory")
+        victim = _kill_during_load_data(mysql_server, run_dir)
+        _, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    failed = [e for e in events(run_dir) if e["event"] == "task_failed"]
+    assert len(failed) == 1 and failed[0]["transient"], failed
+    assert "MySQL error 2013" in failed[0]["error"] or "MySQL error 2006" in failed[0]["error"], failed[0]
+    retry = [e for e in events(run_dir) if e["event"] == "task_retry"]
+    assert len(retry) == 1 and retry[0]["counted"]
+    connected = [e for e in events(run_dir) if e["event"] == "mysql_connected" and e["step"] == "load"]
+    assert int(connected[0]["connection_id"]) == victim and len(connected) == 2
+    assert rows(mysql_server, f"SELECT COUNT(*), COUNT(DISTINCT id), MIN(id), MAX(id) FROM {dst}") == [
+        (LOAD_ROWS, LOAD_ROWS, 0, LOAD_ROWS - 1)
+    ]
+    assert_no_orphans(tmp_path)

@@ -15,6 +15,7 @@ from osiris_flight.components.mysql.config import (
     WRITER_SCHEMA,
     check_extractor,
     check_writer,
+    replace_needs_one_task,
 )
 from osiris_flight.components.mysql.extractor import MySQLExtractor, partitions_of
 from osiris_flight.components.mysql.writer import MySQLWriter
@@ -39,5 +40,6 @@ COMPONENTS: list[ComponentSpec] = [
         max_inputs=1,
         partitionwise=True,
         check=check_writer,
+        single_task=replace_needs_one_task,
     ),
 ]

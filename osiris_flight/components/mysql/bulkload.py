@@ -18,6 +18,7 @@ from pymysql.connections import Connection
 
 from osiris_flight.components.mysql import encode
 from osiris_flight.components.mysql.connection import quote_ident
+from osiris_flight.components.mysql.load_local import query_load_local
 from osiris_flight.components.mysql.types import ddl_type
 
 MAX_STATEMENT_BYTES = 4 * 1024 * 1024  # one INSERT (below the server's max_allowed_packet)
@@ -84,7 +85,7 @@ def load_data(
     for start in range(0, batch.num_rows, max_rows):
         work_file.write_bytes(encode.load_data_lines(batch.slice(start, max_rows)))
         try:
-            conn.query(statement)
+            query_load_local(conn, statement)
         finally:
             work_file.unlink(missing_ok=True)
         if conn._result is not None and conn._result.warning_count:

@@ -235,6 +235,19 @@ def writer_mode(config: Mapping[str, Any]) -> str:
     return "replace" if config.get("truncate_before") and mode == "append" else mode
 
 
+def replace_needs_one_task(config: Mapping[str, Any]) -> Problem | None:
+    """Mode replace swaps one staging table in: it cannot run once per partition of a split read."""
+    if writer_mode(config) != "replace":
+        return None
+    field = "config.mode" if config.get("mode") == "replace" else "config.truncate_before"
+    shown = "mode: replace" if field == "config.mode" else "truncate_before: true"
+    return Problem(
+        f"{shown} needs one writer task, but its input is a read split into partitions",
+        field=field,
+        hint="drop the partition of the upstream read, or use mode: append into an emptied table",
+    )
+
+
 def check_writer(config: Mapping[str, Any]) -> list[Problem]:
     problems: list[Problem] = []
     mode = config.get("mode", "append")

@@ -100,6 +100,8 @@ class MySQLWriter(ChunkedSink):
             purpose="write",
             local_infile=self.method != "insert",
         )
+        # The server's id of this connection, so an operator can find it in SHOW PROCESSLIST.
+        ctx.log_event("mysql_connected", step=ctx.step_id, connection_id=self._conn.thread_id())
         with self._sql("cannot prepare the load"):
             self.database = str(self.config.get("schema") or catalog.current_database(self._conn) or "")
             if not self.database:
