@@ -526,10 +526,12 @@ class Scheduler:
         self, run: RunState, t: TaskState, reason: str, out: list[Instruction], *, cancel: bool
     ) -> None:
         """Stop a running attempt that is not at fault and queue it again without counting a failure."""
-        if cancel and t.worker is not None:
-            out.append(Cancel(t.run_id, t.task_id, t.attempt, t.worker, reason))
-        if t.has_output and t.worker is not None and t.worker in self.workers:
-            out.append(Release(t.run_id, t.task_id, t.attempt, t.worker))
+        # A lost worker gets nothing: it is gone from ``workers``, and what ran there stopped with it.
+        alive = t.worker if t.worker in self.workers else None
+        if cancel and alive is not None:
+            out.append(Cancel(t.run_id, t.task_id, t.attempt, alive, reason))
+        if t.has_output and alive is not None:
+            out.append(Release(t.run_id, t.task_id, t.attempt, alive))
         self._free_slot(t)
         t.disturbances += 1
         if t.disturbances > run.max_disturbances:
@@ -580,7 +582,9 @@ class Scheduler:
         """Cancel every running attempt and drain: RunFailed once they all stopped (_end_drain).
         Their slots stay taken until then: the work is still on the worker."""
         for t in run.tasks.values():
-            if t.status is Status.RUNNING and t.worker is not None:
+            # Not on a worker being lost (this run failed while _worker_lost walked it): that
+            # attempt stopped with its worker, and _worker_lost ends it.
+            if t.status is Status.RUNNING and t.worker is not None and t.worker in self.workers:
                 out.append(Cancel(t.run_id, t.task_id, t.attempt, t.worker, "run failed"))
         run.finished = True
         run.outcome = RunFailed(run.run_id, error, task_id)

@@ -536,3 +536,36 @@ def test_any_run_ends_exactly_once_and_a_failed_one_frees_every_slot(plan: Plan,
     assert all(not w.running for w in s.workers.values())
     for t, a, w in [(t, a, w) for (t, a), w in issued.items()]:
         assert s.handle(TaskFailed("r", t, a, w, "late", False, now=now + 1)) == []
+
+
+def test_a_lost_worker_is_sent_nothing():
+    """What ran on a lost worker stopped with it: no Cancel (nor Release) is addressed to it, even
+    when its task is disturbed as the reader of a lost output, or its run fails on the way."""
+    s = cluster(("w1", 2))
+    plan = Plan((Stage("s0", ("a",), consumers=("s1",)), Stage("s1", ("w",), inputs=("s0",), output="sink")))
+    s.handle(RunSubmitted("r", plan, now=0.0))
+    assert s.handle(TaskSucceeded("r", "s0.p0", 1, "w1", now=1.0)) == []
+    assert s.handle(WorkerLost("w1", "SIGKILL", now=2.0)) == [
+        Recompute("r", "s0.p0", "worker w1 lost (SIGKILL)"),
+        Retry("r", "s1.p0", 1, "input s0.p0 was lost", 0.0, counted=False),
+    ]
+    assert s.handle(WorkerJoined("w2", 2, now=3.0)) == [
+        Assign("r", "s0.p0", 2, "w2", ()),
+        Assign("r", "s1.p0", 2, "w2", (InputLocation("s0", 0, "w2", 2),)),
+    ]
+
+    s = Scheduler(max_disturbances=0)
+    s.handle(WorkerJoined("w1", 2, now=0.0))
+    s.handle(WorkerJoined("w2", 1, now=0.0))
+    wide = Plan(tuple(Stage(f"s{i}", (f"x{i}",), output="sink") for i in range(3)))
+    assert s.handle(RunSubmitted("r", wide, now=0.0)) == [
+        RunStarted("r", ()),
+        Assign("r", "s0.p0", 1, "w1", ()),
+        Assign("r", "s1.p0", 1, "w2", ()),
+        Assign("r", "s2.p0", 1, "w1", ()),
+    ]
+    # s0's disturbance fails the run while s0 and s2 still count as running on w1: only w2 hears of it.
+    assert s.handle(WorkerLost("w1", "SIGKILL", now=1.0)) == [Cancel("r", "s1.p0", 1, "w2", "run failed")]
+    assert s.handle(TaskFailed("r", "s1.p0", 1, "w2", "cancelled", False, now=2.0)) == [
+        RunFailed("r", "task s0.p0 was disturbed 1 times; last: worker w1 lost (SIGKILL)", "s0.p0")
+    ]
