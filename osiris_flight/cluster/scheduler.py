@@ -457,6 +457,7 @@ class Scheduler:
             if now >= deadline:
                 del self._unstarted[key]
                 reason = f"worker {t.worker} never started attempt {attempt} (the assignment was lost)"
+                t.avoid_worker = t.worker  # rerun elsewhere if another worker has a free slot
                 self._disturb(run, t, reason, out, cancel=True)
 
     def _worker_lost(self, ev: WorkerLost, out: list[Instruction]) -> None:

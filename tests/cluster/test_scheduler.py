@@ -467,7 +467,7 @@ def test_an_assignment_never_acknowledged_is_rerun_elsewhere():
     assert of(Cancel, out)[0].worker_id == lost.worker_id
     assert "never started" in of(Retry, out)[0].reason and not of(Retry, out)[0].counted
     again = of(Assign, out)[0]
-    assert again.attempt == lost.attempt + 1
+    assert again.attempt == lost.attempt + 1 and again.worker_id != lost.worker_id
     s.handle(TaskStarted("r", "s0.p0", again.attempt, now=10.5))
     assert not s.handle(Tick(now=100.0))  # acknowledged: no timeout however long it runs
     assert of(RunSucceeded, finish(s, again)) == [RunSucceeded("r")]
