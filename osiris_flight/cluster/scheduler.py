@@ -14,7 +14,8 @@ Policy, in short:
   a terminal failure fails the run. Tasks that were only *disturbed* (their worker died, their input
   vanished) are rerun without counting against that budget, up to ``max_disturbances``.
 * A dead worker's running tasks are rerun elsewhere; the outputs it held that are still needed are
-  recomputed from their lineage (recursively, through outputs already released).
+  recomputed from their lineage (recursively, through outputs already released). A lost worker is
+  sent nothing more: what ran there stopped with it.
 * An assignment the worker never acknowledges (no TaskStarted within ``start_timeout_s``: the
   message was lost on the way) is cancelled and rerun elsewhere, as a disturbance.
 * Sinks commit once: a done sink is never rerun. On resume, sinks already committed in the journal
