@@ -14,7 +14,8 @@ Policy, in short:
   a terminal failure fails the run. Tasks that were only *disturbed* (their worker died, their input
   vanished) are rerun without counting against that budget, up to ``max_disturbances``.
 * A dead worker's running tasks are rerun elsewhere; the outputs it held that are still needed are
-  recomputed from their lineage (recursively, through outputs already released).
+  recomputed from their lineage (recursively, through outputs already released). A lost worker is
+  sent nothing more: what ran there stopped with it.
 * An assignment the worker never acknowledges (no TaskStarted within ``start_timeout_s``: the
   message was lost on the way) is cancelled and rerun elsewhere, as a disturbance.
 * Sinks commit once: a done sink is never rerun. On resume, sinks already committed in the journal
@@ -457,6 +458,7 @@ class Scheduler:
             if now >= deadline:
                 del self._unstarted[key]
                 reason = f"worker {t.worker} never started attempt {attempt} (the assignment was lost)"
+                t.avoid_worker = t.worker  # rerun elsewhere if another worker has a free slot
                 self._disturb(run, t, reason, out, cancel=True)
 
     def _worker_lost(self, ev: WorkerLost, out: list[Instruction]) -> None:
@@ -526,10 +528,12 @@ class Scheduler:
         self, run: RunState, t: TaskState, reason: str, out: list[Instruction], *, cancel: bool
     ) -> None:
         """Stop a running attempt that is not at fault and queue it again without counting a failure."""
-        if cancel and t.worker is not None:
-            out.append(Cancel(t.run_id, t.task_id, t.attempt, t.worker, reason))
-        if t.has_output and t.worker is not None and t.worker in self.workers:
-            out.append(Release(t.run_id, t.task_id, t.attempt, t.worker))
+        # A lost worker gets nothing: it is gone from ``workers``, and what ran there stopped with it.
+        alive = t.worker if t.worker in self.workers else None
+        if cancel and alive is not None:
+            out.append(Cancel(t.run_id, t.task_id, t.attempt, alive, reason))
+        if t.has_output and alive is not None:
+            out.append(Release(t.run_id, t.task_id, t.attempt, alive))
         self._free_slot(t)
         t.disturbances += 1
         if t.disturbances > run.max_disturbances:
@@ -580,7 +584,9 @@ class Scheduler:
         """Cancel every running attempt and drain: RunFailed once they all stopped (_end_drain).
         Their slots stay taken until then: the work is still on the worker."""
         for t in run.tasks.values():
-            if t.status is Status.RUNNING and t.worker is not None:
+            # Not on a worker being lost (this run failed while _worker_lost walked it): that
+            # attempt stopped with its worker, and _worker_lost ends it.
+            if t.status is Status.RUNNING and t.worker is not None and t.worker in self.workers:
                 out.append(Cancel(t.run_id, t.task_id, t.attempt, t.worker, "run failed"))
         run.finished = True
         run.outcome = RunFailed(run.run_id, error, task_id)

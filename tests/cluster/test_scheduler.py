@@ -1,4 +1,6 @@
-"""The scheduler is pure: these tests feed it events and assert on the instructions it returns."""
+"""The scheduler is pure: these tests feed it events and assert the whole instruction list each one
+returns, order included, so that an extra instruction (a spurious Cancel, a duplicate Assign, an
+early Release) fails the test as surely as a missing one."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ from osiris_flight.cluster.scheduler import (
     Assign,
     Cancel,
     InputLocation,
+    Instruction,
     Recompute,
     Release,
     Retry,
@@ -34,91 +37,103 @@ DIAMOND = Plan(
         Stage("s3", ("join", "write"), inputs=("s1", "s2"), output="sink"),
     )
 )
-
-
-def of(kind, instructions):
-    return [i for i in instructions if isinstance(i, kind)]
+# s0 feeds s1, which writes.
+PAIR = Plan((Stage("s0", ("a",), consumers=("s1",)), Stage("s1", ("w",), inputs=("s0",), output="sink")))
+SINGLE = Plan((Stage("s0", ("a",), output="sink"),))
 
 
 def cluster(*workers: tuple[str, int]) -> Scheduler:
     s = Scheduler()
     for wid, slots in workers:
-        s.handle(WorkerJoined(wid, slots, now=0.0))
+        assert s.handle(WorkerJoined(wid, slots, now=0.0)) == []
     return s
 
 
-def finish(s: Scheduler, a: Assign, now: float = 1.0):
-    return s.handle(TaskSucceeded(a.run_id, a.task_id, a.attempt, a.worker_id, now=now))
+def finish(s: Scheduler, task_id: str, attempt: int, worker_id: str, now: float = 1.0) -> list[Instruction]:
+    return s.handle(TaskSucceeded("r", task_id, attempt, worker_id, now=now))
 
 
 def test_source_first_then_branches_start_together_while_producer_runs():
     s = cluster(("w1", 2), ("w2", 2))
-    out = s.handle(RunSubmitted("r", DIAMOND, now=0.0))
-    assigns = of(Assign, out)
     # Consumers may stream an output that is still being produced: both branches start with s0,
     # and the join starts as soon as both of its inputs are running.
-    assert [a.task_id for a in assigns] == ["s0.p0", "s1.p0", "s2.p0", "s3.p0"]
-    src = assigns[0]
-    assert assigns[1].inputs[0].worker_id == src.worker_id and assigns[1].inputs[0].attempt == 1
-    assert {i.stage_id for i in assigns[3].inputs} == {"s1", "s2"}
+    assert s.handle(RunSubmitted("r", DIAMOND, now=0.0)) == [
+        RunStarted("r", ()),
+        Assign("r", "s0.p0", 1, "w2", ()),
+        Assign("r", "s1.p0", 1, "w1", (InputLocation("s0", 0, "w2", 1),)),
+        Assign("r", "s2.p0", 1, "w2", (InputLocation("s0", 0, "w2", 1),)),
+        Assign("r", "s3.p0", 1, "w1", (InputLocation("s1", 0, "w1", 1), InputLocation("s2", 0, "w2", 1))),
+    ]
 
 
 def test_a_consumer_waits_for_a_free_slot_and_for_its_inputs_to_start():
     s = cluster(("w1", 1))
-    out = s.handle(RunSubmitted("r", DIAMOND, now=0.0))
-    assert [a.task_id for a in of(Assign, out)] == ["s0.p0"]
-    out = finish(s, of(Assign, out)[0])
-    assert [a.task_id for a in of(Assign, out)] == ["s1.p0"]
-    out = finish(s, of(Assign, out)[0])
-    # s3 is not ready while s2 has not started; s2 takes the slot.
-    assert [a.task_id for a in of(Assign, out)] == ["s2.p0"]
+    assert s.handle(RunSubmitted("r", DIAMOND, now=0.0)) == [
+        RunStarted("r", ()),
+        Assign("r", "s0.p0", 1, "w1", ()),
+    ]
+    assert finish(s, "s0.p0", 1, "w1") == [Assign("r", "s1.p0", 1, "w1", (InputLocation("s0", 0, "w1", 1),))]
+    # s3 is not ready while s2 has not started; s2 takes the slot. s0 is kept: s2 still reads it.
+    assert finish(s, "s1.p0", 1, "w1") == [Assign("r", "s2.p0", 1, "w1", (InputLocation("s0", 0, "w1", 1),))]
 
 
 def test_outputs_released_when_all_consumers_done_and_run_succeeds():
     s = cluster(("w1", 4))
-    a = {x.task_id: x for x in of(Assign, s.handle(RunSubmitted("r", DIAMOND, now=0.0)))}
-    finish(s, a["s0.p0"])
-    out = finish(s, a["s1.p0"])
-    assert not of(Release, out)  # s0 still read by s2
-    out = finish(s, a["s2.p0"])
-    assert [r.task_id for r in of(Release, out)] == ["s0.p0"]
-    a.update({x.task_id: x for x in of(Assign, out)})
-    out = finish(s, a["s3.p0"])
-    assert {r.task_id for r in of(Release, out)} == {"s1.p0", "s2.p0"}
-    assert of(RunSucceeded, out) == [RunSucceeded("r")]
+    assert s.handle(RunSubmitted("r", DIAMOND, now=0.0)) == [
+        RunStarted("r", ()),
+        Assign("r", "s0.p0", 1, "w1", ()),
+        Assign("r", "s1.p0", 1, "w1", (InputLocation("s0", 0, "w1", 1),)),
+        Assign("r", "s2.p0", 1, "w1", (InputLocation("s0", 0, "w1", 1),)),
+        Assign("r", "s3.p0", 1, "w1", (InputLocation("s1", 0, "w1", 1), InputLocation("s2", 0, "w1", 1))),
+    ]
+    assert finish(s, "s0.p0", 1, "w1") == []
+    assert finish(s, "s1.p0", 1, "w1") == []  # s0 still read by s2; s1 still read by s3
+    assert finish(s, "s2.p0", 1, "w1") == [Release("r", "s0.p0", 1, "w1")]
+    assert finish(s, "s3.p0", 1, "w1") == [
+        Release("r", "s1.p0", 1, "w1"),
+        Release("r", "s2.p0", 1, "w1"),
+        RunSucceeded("r"),
+    ]
 
 
 def test_transient_failure_retries_with_backoff_on_another_worker():
     s = cluster(("w1", 1), ("w2", 1))
-    plan = Plan((Stage("s0", ("a", "w"), output="sink"),))
-    first = of(Assign, s.handle(RunSubmitted("r", plan, now=0.0)))[0]
-    out = s.handle(
-        TaskFailed("r", "s0.p0", first.attempt, first.worker_id, "lost connection", True, now=10.0)
-    )
-    retry = of(Retry, out)[0]
-    assert retry.counted and retry.delay_s > 0
-    assert not of(Assign, out)  # backing off
-    assert not of(Assign, s.handle(Tick(now=10.0 + retry.delay_s / 2)))
-    again = of(Assign, s.handle(Tick(now=10.0 + retry.delay_s)))[0]
-    assert again.attempt == 2 and again.worker_id != first.worker_id
+    assert s.handle(RunSubmitted("r", SINGLE, now=0.0)) == [
+        RunStarted("r", ()),
+        Assign("r", "s0.p0", 1, "w2", ()),
+    ]
+    assert s.handle(TaskFailed("r", "s0.p0", 1, "w2", "lost connection", True, now=10.0)) == [
+        Retry("r", "s0.p0", 1, "lost connection", 0.25, counted=True)  # backing off: nothing assigned
+    ]
+    assert s.handle(Tick(now=10.125)) == []
+    assert s.handle(Tick(now=10.25)) == [Assign("r", "s0.p0", 2, "w1", ())]
 
 
 def test_attempts_are_bounded():
     s = cluster(("w1", 1))
-    plan = Plan((Stage("s0", ("a",), output="sink"),))
-    a = of(Assign, s.handle(RunSubmitted("r", plan, now=0.0, max_attempts=2)))[0]
-    s.handle(TaskFailed("r", a.task_id, a.attempt, "w1", "boom", True, now=1.0))
-    a = of(Assign, s.handle(Tick(now=100.0)))[0]
-    out = s.handle(TaskFailed("r", a.task_id, a.attempt, "w1", "boom again", True, now=101.0))
-    failed = of(RunFailed, out)[0]
-    assert "failed 2 times" in failed.error and "boom again" in failed.error
+    assert s.handle(RunSubmitted("r", SINGLE, now=0.0, max_attempts=2)) == [
+        RunStarted("r", ()),
+        Assign("r", "s0.p0", 1, "w1", ()),
+    ]
+    assert s.handle(TaskFailed("r", "s0.p0", 1, "w1", "boom", True, now=1.0)) == [
+        Retry("r", "s0.p0", 1, "boom", 0.25, counted=True)
+    ]
+    assert s.handle(Tick(now=100.0)) == [Assign("r", "s0.p0", 2, "w1", ())]
+    assert s.handle(TaskFailed("r", "s0.p0", 2, "w1", "boom again", True, now=101.0)) == [
+        RunFailed("r", "task s0.p0 failed 2 times; last error: boom again", "s0.p0")
+    ]
 
 
 def test_terminal_failure_cancels_the_rest_and_fails_the_run_once_they_stopped():
     s = cluster(("w1", 4))
-    a = {x.task_id: x for x in of(Assign, s.handle(RunSubmitted("r", DIAMOND, now=0.0)))}
-    out = s.handle(TaskFailed("r", "s1.p0", 1, "w1", "unknown column 'x'", False, now=1.0))
-    assert out == [
+    assert s.handle(RunSubmitted("r", DIAMOND, now=0.0)) == [
+        RunStarted("r", ()),
+        Assign("r", "s0.p0", 1, "w1", ()),
+        Assign("r", "s1.p0", 1, "w1", (InputLocation("s0", 0, "w1", 1),)),
+        Assign("r", "s2.p0", 1, "w1", (InputLocation("s0", 0, "w1", 1),)),
+        Assign("r", "s3.p0", 1, "w1", (InputLocation("s1", 0, "w1", 1), InputLocation("s2", 0, "w1", 1))),
+    ]
+    assert s.handle(TaskFailed("r", "s1.p0", 1, "w1", "unknown column 'x'", False, now=1.0)) == [
         Release("r", "s1.p0", 1, "w1"),  # the failed attempt's partial output
         Cancel("r", "s0.p0", 1, "w1", "run failed"),
         Cancel("r", "s2.p0", 1, "w1", "run failed"),
@@ -133,25 +148,31 @@ def test_terminal_failure_cancels_the_rest_and_fails_the_run_once_they_stopped()
     ]
     assert s.active_runs() == [] and s.workers["w1"].free == 4
     assert s.handle(TaskFailed("r", "s2.p0", 1, "w1", "late", False, now=4.0)) == []
-    assert a["s1.p0"].worker_id == "w1"
 
 
 def test_a_drain_ends_when_the_worker_of_a_stopping_task_is_lost():
     s = cluster(("w1", 1), ("w2", 1))
     plan = Plan((Stage("s0", ("a",), output="sink"), Stage("s1", ("b",), output="sink")))
-    a = {x.task_id: x for x in of(Assign, s.handle(RunSubmitted("r", plan, now=0.0)))}
-    w0, w1 = a["s0.p0"].worker_id, a["s1.p0"].worker_id
-    assert s.handle(TaskFailed("r", "s0.p0", 1, w0, "boom", False, now=1.0)) == [
-        Cancel("r", "s1.p0", 1, w1, "run failed")
+    assert s.handle(RunSubmitted("r", plan, now=0.0)) == [
+        RunStarted("r", ()),
+        Assign("r", "s0.p0", 1, "w2", ()),
+        Assign("r", "s1.p0", 1, "w1", ()),
     ]
-    assert s.handle(WorkerLost(w1, "missed 3 heartbeats", now=2.0)) == [RunFailed("r", "boom", "s0.p0")]
+    assert s.handle(TaskFailed("r", "s0.p0", 1, "w2", "boom", False, now=1.0)) == [
+        Cancel("r", "s1.p0", 1, "w1", "run failed")
+    ]
+    assert s.handle(WorkerLost("w1", "missed 3 heartbeats", now=2.0)) == [RunFailed("r", "boom", "s0.p0")]
 
 
 def test_a_drain_is_bounded_and_names_the_attempts_that_never_answered():
     s = Scheduler(drain_timeout_s=30.0)
-    s.handle(WorkerJoined("w1", 2, now=0.0))
+    assert s.handle(WorkerJoined("w1", 2, now=0.0)) == []
     plan = Plan((Stage("s0", ("a",), output="sink"), Stage("s1", ("b",), output="sink")))
-    s.handle(RunSubmitted("r", plan, now=0.0))
+    assert s.handle(RunSubmitted("r", plan, now=0.0)) == [
+        RunStarted("r", ()),
+        Assign("r", "s0.p0", 1, "w1", ()),
+        Assign("r", "s1.p0", 1, "w1", ()),
+    ]
     assert s.handle(RunCancelled("r", "Ctrl-C", now=1.0)) == [
         Cancel("r", "s0.p0", 1, "w1", "run failed"),
         Cancel("r", "s1.p0", 1, "w1", "run failed"),
@@ -164,8 +185,10 @@ def test_a_drain_is_bounded_and_names_the_attempts_that_never_answered():
 
 def test_a_cancel_without_drain_fails_the_run_at_once():
     s = cluster(("w1", 1))
-    plan = Plan((Stage("s0", ("a",), output="sink"),))
-    s.handle(RunSubmitted("r", plan, now=0.0))
+    assert s.handle(RunSubmitted("r", SINGLE, now=0.0)) == [
+        RunStarted("r", ()),
+        Assign("r", "s0.p0", 1, "w1", ()),
+    ]
     assert s.handle(RunCancelled("r", "coordinator stopping", now=1.0, drain=False)) == [
         Cancel("r", "s0.p0", 1, "w1", "run failed"),
         RunFailed("r", "cancelled: coordinator stopping", None, ("s0.p0",)),
@@ -174,8 +197,7 @@ def test_a_cancel_without_drain_fails_the_run_at_once():
 
 def test_holder_names_only_the_worker_running_that_attempt():
     s = cluster(("w1", 1), ("w2", 1))
-    plan = Plan((Stage("s0", ("a",), output="sink"),))
-    assert s.handle(RunSubmitted("r", plan, now=0.0)) == [
+    assert s.handle(RunSubmitted("r", SINGLE, now=0.0)) == [
         RunStarted("r", ()),
         Assign("r", "s0.p0", 1, "w2", ()),
     ]
@@ -188,69 +210,79 @@ def test_holder_names_only_the_worker_running_that_attempt():
 
 def test_stale_reports_are_ignored():
     s = cluster(("w1", 1), ("w2", 1))
-    plan = Plan((Stage("s0", ("a",), output="sink"),))
-    a = of(Assign, s.handle(RunSubmitted("r", plan, now=0.0)))[0]
-    b = of(Assign, s.handle(WorkerLost(a.worker_id, "killed", now=1.0)))[0]
-    assert b.attempt == 2
+    assert s.handle(RunSubmitted("r", SINGLE, now=0.0)) == [
+        RunStarted("r", ()),
+        Assign("r", "s0.p0", 1, "w2", ()),
+    ]
+    assert s.handle(WorkerLost("w2", "killed", now=1.0)) == [
+        Retry("r", "s0.p0", 1, "worker w2 lost (killed)", 0.0, counted=False),
+        Assign("r", "s0.p0", 2, "w1", ()),
+    ]
     # The dead attempt's success report arrives late: it must not finish the run.
-    assert not s.handle(TaskSucceeded("r", "s0.p0", 1, a.worker_id, now=2.0))
-    assert of(RunSucceeded, finish(s, b)) == [RunSucceeded("r")]
+    assert s.handle(TaskSucceeded("r", "s0.p0", 1, "w2", now=2.0)) == []
+    assert finish(s, "s0.p0", 2, "w1", now=3.0) == [RunSucceeded("r")]
 
 
 def test_a_lost_input_is_retried_uncounted_until_the_dead_producer_is_noticed():
     """A consumer whose producer's worker was killed fails fast (UpstreamLost), seconds before the
     heartbeat limit declares that worker dead: it must wait, not use up its attempts."""
     s = cluster(("w1", 1), ("w2", 1))
-    plan = Plan((Stage("s0", ("a",), consumers=("s1",)), Stage("s1", ("w",), inputs=("s0",), output="sink")))
-    a = {x.task_id: x for x in of(Assign, s.handle(RunSubmitted("r", plan, now=0.0, max_attempts=2)))}
-    producer = a["s0.p0"]
-    finish(s, producer)
-    consumer, now = a["s1.p0"], 1.0
-    for _ in range(4):  # more lost-input reports than max_attempts
-        out = s.handle(
-            TaskFailed(
-                "r", "s1.p0", consumer.attempt, consumer.worker_id, "lost s0", True, now, upstream_lost=True
-            )
-        )
-        assert not of(RunFailed, out) and not of(Retry, out)[0].counted
-        now += of(Retry, out)[0].delay_s
-        consumer = of(Assign, s.handle(Tick(now=now)))[0]
-    out = s.handle(WorkerLost(producer.worker_id, "missed 3 heartbeats", now=now))
-    assert [r.task_id for r in of(Recompute, out)] == ["s0.p0"]
+    assert s.handle(RunSubmitted("r", PAIR, now=0.0, max_attempts=2)) == [
+        RunStarted("r", ()),
+        Assign("r", "s0.p0", 1, "w2", ()),
+        Assign("r", "s1.p0", 1, "w1", (InputLocation("s0", 0, "w2", 1),)),
+    ]
+    assert finish(s, "s0.p0", 1, "w2") == []
+    # More lost-input reports than max_attempts, each retried after a doubling pause, uncounted.
+    # The fault is upstream, so no worker is avoided: w2 wins each tie between free slots.
+    worker, now = "w1", 1.0
+    for attempt, delay in ((1, 0.25), (2, 0.5), (3, 1.0), (4, 2.0)):
+        lost = TaskFailed("r", "s1.p0", attempt, worker, "lost s0", True, now, upstream_lost=True)
+        assert s.handle(lost) == [Retry("r", "s1.p0", attempt, "lost s0", delay, counted=False)]
+        now += delay
+        worker = "w2"
+        assert s.handle(Tick(now=now)) == [
+            Assign("r", "s1.p0", attempt + 1, worker, (InputLocation("s0", 0, "w2", 1),))
+        ]
+    # The heartbeat limit declares w2 dead: s0 is recomputed, and its reader there (gone with w2)
+    # waits for it.
+    assert s.handle(WorkerLost("w2", "missed 3 heartbeats", now=now)) == [
+        Recompute("r", "s0.p0", "worker w2 lost (missed 3 heartbeats)"),
+        Retry("r", "s1.p0", 5, "input s0.p0 was lost", 0.0, counted=False),
+        Assign("r", "s0.p0", 2, "w1", ()),
+    ]
 
 
 def test_an_output_is_released_when_its_consumers_finished_before_it_did():
     s = cluster(("w1", 2))
-    plan = Plan((Stage("s0", ("a",), consumers=("s1",)), Stage("s1", ("w",), inputs=("s0",), output="sink")))
-    a = {x.task_id: x for x in of(Assign, s.handle(RunSubmitted("r", plan, now=0.0)))}
-    finish(s, a["s1.p0"])  # read what it needed (a LIMIT) and finished first
-    out = finish(s, a["s0.p0"])
-    assert [r.task_id for r in of(Release, out)] == ["s0.p0"]
+    assert s.handle(RunSubmitted("r", PAIR, now=0.0)) == [
+        RunStarted("r", ()),
+        Assign("r", "s0.p0", 1, "w1", ()),
+        Assign("r", "s1.p0", 1, "w1", (InputLocation("s0", 0, "w1", 1),)),
+    ]
+    assert finish(s, "s1.p0", 1, "w1") == []  # read what it needed (a LIMIT) and finished first
+    assert finish(s, "s0.p0", 1, "w1") == [Release("r", "s0.p0", 1, "w1"), RunSucceeded("r")]
 
 
 def test_worker_loss_reruns_running_tasks_and_recomputes_lost_outputs():
     s = cluster(("w1", 1), ("w2", 1))
-    out = s.handle(RunSubmitted("r", DIAMOND, now=0.0))
-    a = {x.task_id: x for x in of(Assign, out)}
-    assert a["s0.p0"].worker_id == "w1" or a["s0.p0"].worker_id == "w2"
-    src_worker = a["s0.p0"].worker_id
-    other = "w2" if src_worker == "w1" else "w1"
-    # s0 finishes on its worker; a branch is running on the other worker reading it.
-    out = finish(s, a["s0.p0"])
-    a.update({x.task_id: x for x in of(Assign, out)})
-    running = [t for t in ("s1.p0", "s2.p0") if s.task("r", t).status is Status.RUNNING]
-    assert running
-    # The worker holding s0's output dies: s0 must be recomputed, readers of it restarted.
-    out = s.handle(WorkerLost(src_worker, "SIGKILL", now=2.0))
-    assert [r.task_id for r in of(Recompute, out)] == ["s0.p0"]
-    reassigned = of(Assign, out)
-    assert reassigned[0].task_id == "s0.p0" and reassigned[0].worker_id == other
-    assert reassigned[0].attempt == 2
-    cancelled = {c.task_id for c in of(Cancel, out)}
-    for t in running:
-        if a[t].worker_id == other:
-            assert t in cancelled
-    assert all(not r.counted for r in of(Retry, out))
+    assert s.handle(RunSubmitted("r", DIAMOND, now=0.0)) == [
+        RunStarted("r", ()),
+        Assign("r", "s0.p0", 1, "w2", ()),
+        Assign("r", "s1.p0", 1, "w1", (InputLocation("s0", 0, "w2", 1),)),
+    ]
+    # s0 finishes on w2; the branches run on both workers, reading it.
+    assert finish(s, "s0.p0", 1, "w2") == [Assign("r", "s2.p0", 1, "w2", (InputLocation("s0", 0, "w2", 1),))]
+    # w2, holding s0's output, dies: s0 is recomputed, its readers rerun uncounted. The reader on the
+    # live w1 is cancelled and its partial output released; the one on w2 stopped with it.
+    assert s.handle(WorkerLost("w2", "SIGKILL", now=2.0)) == [
+        Recompute("r", "s0.p0", "worker w2 lost (SIGKILL)"),
+        Cancel("r", "s1.p0", 1, "w1", "input s0.p0 was lost"),
+        Release("r", "s1.p0", 1, "w1"),
+        Retry("r", "s1.p0", 1, "input s0.p0 was lost", 0.0, counted=False),
+        Retry("r", "s2.p0", 1, "input s0.p0 was lost", 0.0, counted=False),
+        Assign("r", "s0.p0", 2, "w1", ()),
+    ]
 
 
 def test_lineage_recomputes_through_released_outputs():
@@ -263,20 +295,24 @@ def test_lineage_recomputes_through_released_outputs():
         )
     )
     s = cluster(("w1", 1), ("w2", 1))
-    a0 = of(Assign, s.handle(RunSubmitted("r", chain, now=0.0)))
-    a = {x.task_id: x for x in a0}
-    a.update({x.task_id: x for x in of(Assign, finish(s, a["s0.p0"]))})
-    out = finish(s, a["s1.p0"])  # s0 released: its only consumer is done
-    assert [r.task_id for r in of(Release, out)] == ["s0.p0"]
-    a.update({x.task_id: x for x in of(Assign, out)})
-    s1_worker = a["s1.p0"].worker_id
-    for t in ("s2.p0", "s3.p0"):
-        if a.get(t) and a[t].worker_id != s1_worker:
-            finish(s, a[t])
-    out = s.handle(WorkerLost(s1_worker, "SIGKILL", now=3.0))
-    # s1's output is gone and still needed; s0 was released, so it is recomputed first.
-    assert {r.task_id for r in of(Recompute, out)} == {"s0.p0", "s1.p0"}
-    assert of(Assign, out)[0].task_id == "s0.p0"
+    assert s.handle(RunSubmitted("r", chain, now=0.0)) == [
+        RunStarted("r", ()),
+        Assign("r", "s0.p0", 1, "w2", ()),
+        Assign("r", "s1.p0", 1, "w1", (InputLocation("s0", 0, "w2", 1),)),
+    ]
+    assert finish(s, "s0.p0", 1, "w2") == [Assign("r", "s2.p0", 1, "w2", (InputLocation("s1", 0, "w1", 1),))]
+    assert finish(s, "s1.p0", 1, "w1") == [
+        Release("r", "s0.p0", 1, "w2"),  # its only consumer is done
+        Assign("r", "s3.p0", 1, "w1", (InputLocation("s1", 0, "w1", 1),)),
+    ]
+    assert finish(s, "s2.p0", 1, "w2") == []  # s1 is still read by s3
+    # s1's output is gone with w1 and still needed by s3; s0 was released, so it is recomputed first.
+    assert s.handle(WorkerLost("w1", "SIGKILL", now=3.0)) == [
+        Recompute("r", "s1.p0", "worker w1 lost (SIGKILL)"),
+        Retry("r", "s3.p0", 1, "input s1.p0 was lost", 0.0, counted=False),
+        Recompute("r", "s0.p0", "s1.p0 needs s0.p0 again"),
+        Assign("r", "s0.p0", 2, "w2", ()),
+    ]
 
 
 def test_resume_skips_committed_sinks_and_what_only_fed_them():
@@ -305,15 +341,21 @@ def test_resume_skips_committed_sinks_and_what_only_fed_them():
 def test_slots_bound_concurrency_and_free_on_completion():
     wide = Plan(tuple(Stage(f"s{i}", (f"x{i}",), output="sink") for i in range(5)))
     s = cluster(("w1", 2))
-    first = of(Assign, s.handle(RunSubmitted("r", wide, now=0.0)))
-    assert len(first) == 2
-    nxt = of(Assign, finish(s, first[0]))
-    assert len(nxt) == 1
+    assert s.handle(RunSubmitted("r", wide, now=0.0)) == [
+        RunStarted("r", ()),
+        Assign("r", "s0.p0", 1, "w1", ()),
+        Assign("r", "s1.p0", 1, "w1", ()),
+    ]
+    assert finish(s, "s0.p0", 1, "w1") == [Assign("r", "s2.p0", 1, "w1", ())]
 
 
 def test_cancel_run():
     s = cluster(("w1", 2))
-    s.handle(RunSubmitted("r", DIAMOND, now=0.0))
+    assert s.handle(RunSubmitted("r", DIAMOND, now=0.0)) == [
+        RunStarted("r", ()),
+        Assign("r", "s0.p0", 1, "w1", ()),
+        Assign("r", "s1.p0", 1, "w1", (InputLocation("s0", 0, "w1", 1),)),
+    ]
     out = s.handle(RunCancelled("r", "Ctrl-C", now=1.0))
     assert out == [Cancel("r", "s0.p0", 1, "w1", "run failed"), Cancel("r", "s1.p0", 1, "w1", "run failed")]
     assert s.handle(RunCancelled("r", "again", now=1.5)) == []
@@ -331,10 +373,19 @@ def test_partitioned_stage_gathers_all_partitions():
         )
     )
     s = cluster(("w1", 8))
-    out = s.handle(RunSubmitted("r", plan, now=0.0))
-    assigns = of(Assign, out)
-    assert [a.task_id for a in assigns] == ["s0.p0", "s0.p1", "s0.p2", "s1.p0"]
-    assert [i.partition for i in assigns[-1].inputs] == [0, 1, 2]
+    assert s.handle(RunSubmitted("r", plan, now=0.0)) == [
+        RunStarted("r", ()),
+        Assign("r", "s0.p0", 1, "w1", ()),
+        Assign("r", "s0.p1", 1, "w1", ()),
+        Assign("r", "s0.p2", 1, "w1", ()),
+        Assign(
+            "r",
+            "s1.p0",
+            1,
+            "w1",
+            tuple(InputLocation("s0", partition, "w1", 1) for partition in range(3)),
+        ),
+    ]
 
 
 # -- property: any interleaving of events keeps the bookkeeping exact and ends the run --------------
@@ -387,6 +438,12 @@ def check_bookkeeping(s: Scheduler) -> None:
         assert len(w.running) <= w.slots
 
 
+def check_addressed(s: Scheduler, ins: Instruction) -> None:
+    """An instruction for a worker goes to one the scheduler knows: a lost worker is sent nothing."""
+    if isinstance(ins, (Assign, Cancel, Release)):
+        assert ins.worker_id in s.workers, ins
+
+
 @settings(max_examples=150, deadline=None)
 @given(
     plans(),
@@ -400,6 +457,7 @@ def test_any_event_sequence_keeps_bookkeeping_exact_and_finishes(plan: Plan, scr
 
     def apply(instructions: list) -> None:
         for ins in instructions:
+            check_addressed(s, ins)
             if isinstance(ins, Assign):
                 running[ins.task_id] = ins
                 assert not s.handle(
@@ -459,18 +517,21 @@ def test_an_assignment_never_acknowledged_is_rerun_elsewhere():
     without a timeout the run would wait forever."""
     s = Scheduler(start_timeout_s=10.0)
     for wid in ("w1", "w2"):
-        s.handle(WorkerJoined(wid, 1, now=0.0))
-    plan = Plan((Stage("s0", ("a",), output="sink"),))
-    lost = of(Assign, s.handle(RunSubmitted("r", plan, now=0.0)))[0]
-    assert not s.handle(Tick(now=9.0))
-    out = s.handle(Tick(now=10.0))
-    assert of(Cancel, out)[0].worker_id == lost.worker_id
-    assert "never started" in of(Retry, out)[0].reason and not of(Retry, out)[0].counted
-    again = of(Assign, out)[0]
-    assert again.attempt == lost.attempt + 1
-    s.handle(TaskStarted("r", "s0.p0", again.attempt, now=10.5))
-    assert not s.handle(Tick(now=100.0))  # acknowledged: no timeout however long it runs
-    assert of(RunSucceeded, finish(s, again)) == [RunSucceeded("r")]
+        assert s.handle(WorkerJoined(wid, 1, now=0.0)) == []
+    assert s.handle(RunSubmitted("r", SINGLE, now=0.0)) == [
+        RunStarted("r", ()),
+        Assign("r", "s0.p0", 1, "w2", ()),
+    ]
+    assert s.handle(Tick(now=9.0)) == []
+    reason = "worker w2 never started attempt 1 (the assignment was lost)"
+    assert s.handle(Tick(now=10.0)) == [
+        Cancel("r", "s0.p0", 1, "w2", reason),
+        Retry("r", "s0.p0", 1, reason, 0.0, counted=False),
+        Assign("r", "s0.p0", 2, "w1", ()),
+    ]
+    assert s.handle(TaskStarted("r", "s0.p0", 2, now=10.5)) == []
+    assert s.handle(Tick(now=100.0)) == []  # acknowledged: no timeout however long it runs
+    assert finish(s, "s0.p0", 2, "w1", now=101.0) == [RunSucceeded("r")]
 
 
 @settings(max_examples=150, deadline=None)
@@ -497,7 +558,9 @@ def test_any_run_ends_exactly_once_and_a_failed_one_frees_every_slot(plan: Plan,
 
     def apply(instructions: list) -> None:
         for ins in instructions:
+            check_addressed(s, ins)
             if isinstance(ins, Assign):
+                assert (ins.task_id, ins.attempt) not in issued, ins  # no attempt is assigned twice
                 issued[(ins.task_id, ins.attempt)] = ins.worker_id
             elif isinstance(ins, (RunSucceeded, RunFailed)):
                 endings.append(ins)
@@ -536,3 +599,39 @@ def test_any_run_ends_exactly_once_and_a_failed_one_frees_every_slot(plan: Plan,
     assert all(not w.running for w in s.workers.values())
     for t, a, w in [(t, a, w) for (t, a), w in issued.items()]:
         assert s.handle(TaskFailed("r", t, a, w, "late", False, now=now + 1)) == []
+
+
+def test_a_lost_worker_is_sent_nothing():
+    """What ran on a lost worker stopped with it: no Cancel (nor Release) is addressed to it, even
+    when its task is disturbed as the reader of a lost output, or its run fails on the way."""
+    s = cluster(("w1", 2))
+    assert s.handle(RunSubmitted("r", PAIR, now=0.0)) == [
+        RunStarted("r", ()),
+        Assign("r", "s0.p0", 1, "w1", ()),
+        Assign("r", "s1.p0", 1, "w1", (InputLocation("s0", 0, "w1", 1),)),
+    ]
+    assert s.handle(TaskSucceeded("r", "s0.p0", 1, "w1", now=1.0)) == []
+    assert s.handle(WorkerLost("w1", "SIGKILL", now=2.0)) == [
+        Recompute("r", "s0.p0", "worker w1 lost (SIGKILL)"),
+        Retry("r", "s1.p0", 1, "input s0.p0 was lost", 0.0, counted=False),
+    ]
+    assert s.handle(WorkerJoined("w2", 2, now=3.0)) == [
+        Assign("r", "s0.p0", 2, "w2", ()),
+        Assign("r", "s1.p0", 2, "w2", (InputLocation("s0", 0, "w2", 2),)),
+    ]
+
+    s = Scheduler(max_disturbances=0)
+    assert s.handle(WorkerJoined("w1", 2, now=0.0)) == []
+    assert s.handle(WorkerJoined("w2", 1, now=0.0)) == []
+    wide = Plan(tuple(Stage(f"s{i}", (f"x{i}",), output="sink") for i in range(3)))
+    assert s.handle(RunSubmitted("r", wide, now=0.0)) == [
+        RunStarted("r", ()),
+        Assign("r", "s0.p0", 1, "w1", ()),
+        Assign("r", "s1.p0", 1, "w2", ()),
+        Assign("r", "s2.p0", 1, "w1", ()),
+    ]
+    # s0's disturbance fails the run while s0 and s2 still count as running on w1: only w2 hears of it.
+    assert s.handle(WorkerLost("w1", "SIGKILL", now=1.0)) == [Cancel("r", "s1.p0", 1, "w2", "run failed")]
+    assert s.handle(TaskFailed("r", "s1.p0", 1, "w2", "cancelled", False, now=2.0)) == [
+        RunFailed("r", "task s0.p0 was disturbed 1 times; last: worker w1 lost (SIGKILL)", "s0.p0")
+    ]
