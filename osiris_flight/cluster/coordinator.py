@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from osiris_flight import protocol as p
 from osiris_flight.cluster import scheduler as s
 from osiris_flight.cluster.curve import CurveKeys, secure_server
 from osiris_flight.cluster.run_tracker import RunTracker
+from osiris_flight.cluster.submission import parse_submission
 from osiris_flight.errors import InvalidInput, Problem, ProtocolError, UpstreamLost
 from osiris_flight.oml.model import Manifest, Plan, parse_task_id
 from osiris_flight.runs.journal import JournalError, read_journal
@@ -110,6 +112,8 @@ class Coordinator:
         self.sock = self._zmq.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 1000)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        # A bigger frame drops its sender's connection before it is buffered (protocol.py).
+        self.sock.setsockopt(zmq.MAXMSGSIZE, p.MAX_MESSAGE_BYTES)
         self._authenticator = secure_server(self._zmq, self.sock, options.curve) if options.curve else None
         try:
             self.sock.bind(options.bind)
@@ -158,7 +162,10 @@ class Coordinator:
                         break
                     except ValueError:
                         continue
-                    self._receive(identity, frame)
+                    try:
+                        self._receive(identity, frame)
+                    except Exception as exc:  # one message must never stop the coordinator
+                        self._handling_failed(identity, frame, exc)
             for fd in events:
                 if isinstance(fd, int):
                     self._drain_child_pipe(fd)
@@ -361,6 +368,21 @@ class Coordinator:
             case _:
                 self._send(identity, p.Reject(f"the coordinator does not accept {message.op!r}"))
 
+    def _handling_failed(self, identity: bytes, frame: bytes, exc: Exception) -> None:
+        """Log (op and where, never the message or the error text: either may hold a secret) and
+        answer Reject; the coordinator goes on serving."""
+        op = p.peek_op(frame)
+        frames = traceback.extract_tb(exc.__traceback__)
+        where = f"{Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else "?"
+        log.error(
+            "handling %r from %r failed with %s at %s; answered with reject",
+            op,
+            identity[:64],
+            type(exc).__name__,
+            where,
+        )
+        self._send(identity, p.Reject(f"the coordinator could not handle this {op!r} message"))
+
     def _is_current(
         self,
         message: p.TaskStarted
@@ -412,8 +434,7 @@ class Coordinator:
     # -- runs ----------------------------------------------------------------------------------
     def _submit(self, client: bytes, msg: p.SubmitRun) -> None:
         try:
-            manifest = Manifest.from_dict(msg.manifest)
-            plan = Plan.from_dict(msg.plan)
+            manifest, plan = parse_submission(msg.manifest, msg.plan)
             root = Path(msg.run_logs)
             committed: dict[str, dict[str, Any]] = {}
             checkpoints: dict[str, dict[str, Any]] = {}

@@ -118,6 +118,7 @@ class Worker:
         sock = self._zmq.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 1000)
         sock.setsockopt_string(zmq.IDENTITY, self.worker_id)
+        sock.setsockopt(zmq.MAXMSGSIZE, p.MAX_MESSAGE_BYTES)
         if self.options.curve is not None:
             secure_client(sock, self.options.curve)
         inbox = self._zmq.socket(zmq.PULL)
@@ -217,11 +218,18 @@ class Worker:
                         break
                     try:
                         message = p.decode(frame)
-                    except ProtocolError as exc:
-                        log.error("leaving coordinator %s: %s", self.options.coordinator, exc)
-                        return 3
-                    if not self._handle(message):
-                        return 0
+                    except ProtocolError as exc:  # names op and field, never a value
+                        log.error("skipped a malformed message from the coordinator: %s", exc)
+                        continue
+                    try:
+                        if not self._handle(message):
+                            return 0
+                    except Exception as exc:  # one message must never stop the worker
+                        log.error(
+                            "handling %s from the coordinator failed with %s; skipped",
+                            message.op,
+                            type(exc).__name__,
+                        )
                 if self._rejoin:
                     self._rejoin = False
                     sock.send(self._register_message())

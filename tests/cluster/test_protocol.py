@@ -19,6 +19,14 @@ from tests.cluster.conftest import start_coordinator
 BIN = Path(sys.executable).parent
 
 
+STEP = {"id": "a", "component": "filesystem.csv_extractor", "mode": "read", "config": {"path": "x.csv"}}
+MANIFEST = {"manifest_version": 2, "pipeline": {"name": "p", "oml_version": "0.2.0"}, "steps": [STEP]}
+PLAN = {
+    "plan_version": 1,
+    "stages": [{"id": "s0", "steps": ["a"], "partitions": 1, "inputs": [], "consumers": [], "output": "sink"}],
+}
+
+
 def test_every_message_round_trips() -> None:
     samples: list[p.Message] = [
         p.Register("w1", "host", 12, 2, "grpc://127.0.0.1:1", 1 << 20),
@@ -35,12 +43,12 @@ def test_every_message_round_trips() -> None:
             0,
             1,
             2,
-            [{"id": "a"}],
+            [STEP],
             {"a": [{"flight_uri": "grpc://h:1", "ticket": b"\x01"}]},
             "exchange",
             "/tmp/x",
         ),
-        p.SubmitRun("r", "/tmp/logs", {"m": 1}, {"p": 1}, {"@mysql.db": {"password": "x"}}, True, 3, 1024),
+        p.SubmitRun("r", "/tmp/logs", MANIFEST, PLAN, {"@mysql.db": {"password": "x"}}, True, 3, 1024),
         p.RunEvents("r", [{"event": "step_start", "step_id": "a"}, {"event": "progress", "steps": {}}]),
         p.RunFinished("r", "success", "", {"steps": {}}),
         p.FetchOutput("r", "s0", 2, 3),
