@@ -70,4 +70,6 @@ def check_plan(manifest: Manifest, plan: Plan) -> None:
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, KeyError):
         return f"missing key {str(exc)[:80]}"
+    if type(exc) is ValueError:
+        return str(exc)[:200]
     return f"{type(exc).__name__}: {str(exc)[:200]}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import zmq
 
 from osiris_flight import protocol as p
 from osiris_flight.cluster.client import Client
+from osiris_flight.cluster.submission import InvalidSubmission, parse_submission
 from osiris_flight.errors import ProtocolError
 from tests.cluster.conftest import start_coordinator
 
@@ -23,7 +25,9 @@ STEP = {"id": "a", "component": "filesystem.csv_extractor", "mode": "read", "con
 MANIFEST = {"manifest_version": 2, "pipeline": {"name": "p", "oml_version": "0.2.0"}, "steps": [STEP]}
 PLAN = {
     "plan_version": 1,
-    "stages": [{"id": "s0", "steps": ["a"], "partitions": 1, "inputs": [], "consumers": [], "output": "sink"}],
+    "stages": [
+        {"id": "s0", "steps": ["a"], "partitions": 1, "inputs": [], "consumers": [], "output": "sink"}
+    ],
 }
 
 
@@ -175,3 +179,193 @@ def test_a_worker_declared_dead_is_told_by_its_next_task_report(tmp_path: Path) 
         ctx.term()
         daemon.terminate()
         daemon.wait(timeout=10)
+
+
+def _wire(op: str, **fields: object) -> bytes:
+    return msgpack.packb({"v": p.PROTOCOL_VERSION, "op": op, **fields})
+
+
+REGISTER = {
+    "worker_id": "w",
+    "host": "h",
+    "pid": 1,
+    "slots": 2,
+    "flight_uri": "grpc://h:1",
+    "memory_limit_bytes": 1,
+}
+ASSIGN = p.AssignTask(
+    "r",
+    "s1.p0",
+    "s1",
+    0,
+    1,
+    2,
+    [STEP],
+    {"a": [{"flight_uri": "grpc://h:1", "ticket": b"\x01"}]},
+    "sink",
+    "/x",
+).to_wire()
+del ASSIGN["v"], ASSIGN["op"]
+
+
+def _nested(depth: int) -> dict:
+    value: dict = {}
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
+def _deeper_than_msgpack_allows() -> bytes:
+    head = b"".join(
+        msgpack.packb(x) for x in ("v", p.PROTOCOL_VERSION, "op", "cancel_run", "run_id", "r", "reason")
+    )
+    return b"\x84" + head + b"\x81\xa1a" * 5000 + b"\x80"
+
+
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [
+        # The three messages that crashed the coordinator (issue 8, finding 5).
+        (_wire("cancel_run", run_id={"a": 1}), "cancel_run: field run_id must be a string, got map"),
+        (
+            _wire("submit_run", run_id="r", run_logs="/tmp", manifest="notadict", plan=PLAN),
+            "submit_run: field manifest must be a map, got string",
+        ),
+        (
+            _wire("register", **REGISTER | {"slots": "two"}),
+            "register: field slots must be an int, got string",
+        ),
+        # bool is not an int; ints are bounded.
+        (_wire("register", **REGISTER | {"slots": True}), "register: field slots must be an int, got bool"),
+        (_wire("register", **REGISTER | {"slots": 0}), "register: field slots must be an int in 1..4096"),
+        (_wire("register", **REGISTER | {"pid": -1}), "register: field pid must be an int in 0.."),
+        (
+            _wire("cancel_task", run_id="r", task_id="t", attempt=2**64 - 1),
+            "field attempt must be an int in 0..",
+        ),
+        (_wire("register", **REGISTER | {"host": None}), "register: field host must be a string, got nil"),
+        (
+            _wire("task_started", run_id="r", task_id="t", attempt=1, worker_id="w", started_at="x"),
+            "a number",
+        ),
+        (
+            _wire("welcome", worker_id="w", heartbeat_interval_s=0.0),
+            "heartbeat_interval_s must be a number in",
+        ),
+        (_wire("welcome", worker_id="w", heartbeat_interval_s=float("nan")), "heartbeat_interval_s must be"),
+        (
+            _wire(
+                "task_failed",
+                **{
+                    "run_id": "r",
+                    "task_id": "t",
+                    "attempt": 1,
+                    "worker_id": "w",
+                    "error": "e",
+                    "error_type": "E",
+                    "transient": 1,
+                },
+            ),
+            "field transient must be a bool, got int",
+        ),
+        # Run and task ids become path components: never a traversal.
+        (_wire("release_outputs", run_id="../../etc"), "field run_id must match"),
+        (_wire("release_outputs", run_id="/"), "field run_id must match"),
+        (_wire("release_outputs", run_id="r", task_id=".."), "field task_id must match"),
+        # Nested payloads.
+        (
+            _wire("assign_task", **ASSIGN | {"inputs": {"a": [{"flight_uri": "u", "ticket": "s"}]}}),
+            "field inputs['a'][0]['ticket'] must be binary, got string",
+        ),
+        (
+            _wire("assign_task", **ASSIGN | {"inputs": {"a": [{"flight_uri": "u"}]}}),
+            "is missing keys ['ticket']",
+        ),
+        (_wire("assign_task", **ASSIGN | {"steps": [{"id": "a"}]}), "field steps[0] is missing keys"),
+        (
+            _wire("assign_task", **ASSIGN | {"steps": [STEP | {"config": []}]}),
+            "steps[0]['config'] must be a map",
+        ),
+        (_wire("assign_task", **ASSIGN | {"connections": {"@m.x": {1: "x"}}}), "string keys, got a int key"),
+        (_wire("assign_task", **ASSIGN | {"partitions": 0}), "field partitions must be an int in 1..65536"),
+        (
+            _wire("task_progress", run_id="r", task_id="t", attempt=1, steps={"a": {"rows": "x"}}),
+            "field steps['a']['rows'] must be an int, got string",
+        ),
+        (
+            _wire("run_events", run_id="r", events=[{"event": "x"}, {"step": "a"}]),
+            "events[1] is missing key 'event'",
+        ),
+        (
+            _wire("submit_run", run_id="r", run_logs="/tmp", manifest=MANIFEST | {"steps": "x"}, plan=PLAN),
+            "field manifest['steps'] must be an array",
+        ),
+        (
+            _wire("submit_run", run_id="r", run_logs="/tmp", manifest=MANIFEST, plan={"stages": []}),
+            "field plan is missing key 'plan_version'",
+        ),
+        (
+            _wire(
+                "submit_run",
+                run_id="r",
+                run_logs="/tmp",
+                manifest=MANIFEST | {"params": _nested(40)},
+                plan=PLAN,
+            ),
+            "nested deeper than 32 levels",
+        ),
+        (_deeper_than_msgpack_allows(), "undecodable"),
+        # Truncated and garbage frames.
+        (
+            _wire("assign_task", **ASSIGN)[:-7],
+            "undecodable",
+        ),
+        (b"", "undecodable"),
+        (
+            msgpack.packb({"v": p.PROTOCOL_VERSION, "op": "cancel_run", "run_id": "r", 5: 1}),
+            "unknown fields ['5']",
+        ),
+        (msgpack.packb({"v": p.PROTOCOL_VERSION, "op": ["x"]}), "unknown op"),
+    ],
+)
+def test_decode_checks_every_field_type(data: bytes, error: str) -> None:
+    with pytest.raises(ProtocolError) as caught:
+        p.decode(data)
+    assert error in str(caught.value)
+
+
+def test_every_message_type_has_a_checker() -> None:
+    """Each registered op compiles into a checker (an unsupported annotation fails here, not in a daemon)."""
+    for cls in p._REGISTRY.values():
+        schema = p._schema(cls)
+        assert [name for name, _ in schema.checks] == [f.name for f in dataclasses.fields(cls)]
+
+
+def test_an_error_never_echoes_the_value() -> None:
+    for data in (
+        _wire("assign_task", **ASSIGN | {"batch_rows": "s3cret"}),
+        _wire("assign_task", **ASSIGN | {"connections": {"@m.x": {"password": {"s3cret": {1: 2}}}}}),
+    ):
+        with pytest.raises(ProtocolError) as caught:
+            p.decode(data)
+        assert "s3cret" not in str(caught.value)
+
+
+def test_the_manifest_and_plan_are_checked_against_each_other() -> None:
+    assert parse_submission(MANIFEST, PLAN)[1].stages[0].steps == ("a",)
+    stage = PLAN["stages"][0]
+    bad_plans = {
+        "names steps the manifest does not have": [stage | {"steps": ["nope"]}],
+        "reads stages that do not come before it": [stage | {"inputs": ["s9"]}],
+        "appears twice": [stage, stage],
+        "has no steps": [stage | {"steps": []}],
+        "unknown output kind": [stage | {"output": "teleport"}],
+        "consumers that are not the stages reading it": [stage | {"consumers": ["s0"]}],
+    }
+    for error, stages in bad_plans.items():
+        with pytest.raises(InvalidSubmission, match=error):
+            parse_submission(MANIFEST, PLAN | {"stages": stages})
+    with pytest.raises(InvalidSubmission, match="invalid manifest: manifest version 7"):
+        parse_submission(MANIFEST | {"manifest_version": 7}, PLAN)
+    with pytest.raises(InvalidSubmission, match="invalid manifest: AttributeError"):
+        parse_submission(MANIFEST | {"source": "x"}, PLAN)
