@@ -2,9 +2,9 @@
 
 ``protocol.decode`` has already checked their shapes (SubmitRun's ``ManifestDict`` and ``PlanDict``);
 this parses them with the real parsers and checks that the plan fits the manifest: every stage's
-steps exist, a stage reads only stages before it, and consumers are the inverse of inputs. A run
-that fails here ends at once with ``RunFinished(failed)`` and the reason; nothing of it reaches the
-scheduler, whose state machine trusts its plan.
+steps exist, a stage reads only stages before it, consumers are the inverse of inputs, and the run
+has at most MAX_TASKS tasks. A run that fails here ends at once with ``RunFinished(failed)`` and
+the reason; nothing of it reaches the scheduler, whose state machine trusts its plan.
 """
 
 from __future__ import annotations
@@ -12,6 +12,9 @@ from __future__ import annotations
 from typing import Any, get_args
 
 from osiris_flight.oml.model import Manifest, OutputKind, Plan
+
+# The scheduler keeps every task of an active run in memory: a plan past this is refused.
+MAX_TASKS = 100_000
 
 
 class InvalidSubmission(ValueError):
@@ -59,6 +62,8 @@ def check_plan(manifest: Manifest, plan: Plan) -> None:
             raise InvalidSubmission(f"{where} has no partitions")
         seen.add(stage.id)
         placed.update(stage.steps)
+    if (tasks := sum(stage.partitions for stage in plan.stages)) > MAX_TASKS:
+        raise InvalidSubmission(f"invalid plan: {tasks} tasks, more than the limit of {MAX_TASKS}")
     for stage in plan.stages:
         readers = sorted(s.id for s in plan.stages if stage.id in s.inputs)
         if sorted(set(stage.consumers)) != readers or any(c not in by_id for c in stage.consumers):
