@@ -53,6 +53,10 @@ MAX_ATTEMPT = 2**31 - 1
 _REGISTRY: dict[str, type[Message]] = {}
 
 
+class VersionMismatch(ProtocolError):
+    """The peer speaks another protocol version: nothing it says can be understood."""
+
+
 @dataclass(frozen=True)
 class Range:
     """``Annotated[int, Range(low, high)]`` (or float): a number field's inclusive bounds."""
@@ -169,8 +173,9 @@ def decode(data: bytes) -> Message:
         raise ProtocolError("message is not a map")
     version = body.pop("v", None)
     if version != PROTOCOL_VERSION:
-        raise ProtocolError(
-            f"protocol version {version!r} is not supported (this peer speaks {PROTOCOL_VERSION})"
+        shown = version if version is None or type(version) is int else f"{str(version)[:20]}"
+        raise VersionMismatch(
+            f"protocol version {shown!r} is not supported (this peer speaks {PROTOCOL_VERSION})"
         )
     op = body.pop("op", None)
     cls = _REGISTRY.get(op) if isinstance(op, str) else None

@@ -9,6 +9,7 @@ the reason; nothing of it reaches the scheduler, whose state machine trusts its 
 
 from __future__ import annotations
 
+import json
 from typing import Any, get_args
 
 from osiris_flight.oml.model import Manifest, OutputKind, Plan
@@ -22,6 +23,11 @@ class InvalidSubmission(ValueError):
 
 
 def parse_submission(manifest_dict: dict[str, Any], plan_dict: dict[str, Any]) -> tuple[Manifest, Plan]:
+    for what, value in (("manifest", manifest_dict), ("plan", plan_dict)):
+        try:  # both are written to the run directory as JSON: binary values cannot be
+            json.dumps(value)
+        except (TypeError, ValueError) as exc:
+            raise InvalidSubmission(f"invalid {what}: not JSON data ({type(exc).__name__})") from None
     try:
         manifest = Manifest.from_dict(manifest_dict)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:

@@ -169,9 +169,12 @@ class Worker:
             if sock.poll(200):
                 try:
                     message = p.decode(sock.recv())
-                except ProtocolError as exc:  # another version: nothing it says can be understood
+                except p.VersionMismatch as exc:  # nothing it says can be understood
                     log.error("cannot join coordinator %s: %s", self.options.coordinator, exc)
                     return False
+                except ProtocolError as exc:  # names op and field, never a value
+                    log.error("skipped a malformed message from the coordinator: %s", exc)
+                    continue
                 if isinstance(message, p.Welcome):
                     for module in message.plugins:  # loading a module twice is a no-op
                         self.registry.load_module(module)

@@ -151,6 +151,55 @@ def test_a_worker_refuses_a_coordinator_speaking_another_version() -> None:
     assert f"protocol version {p.PROTOCOL_VERSION + 1} is not supported" in err and "Traceback" not in err
 
 
+def test_a_worker_skips_what_it_cannot_understand_or_handle() -> None:
+    """A real worker joined to a hand-driven coordinator: a malformed Welcome while it registers, a
+    malformed message and one whose handling raises once it has joined are each logged and skipped
+    (no traceback, no exit); it goes on heartbeating."""
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    worker = subprocess.Popen(
+        [str(BIN / "osiris-worker"), "--coordinator", f"tcp://127.0.0.1:{port}", "--worker-id", "w"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    def next_heartbeat() -> p.Heartbeat:
+        for _ in range(100):
+            assert router.poll(10_000), "the worker went silent"
+            message = p.decode(router.recv_multipart()[1])
+            if isinstance(message, p.Heartbeat):
+                return message
+        raise AssertionError("no heartbeat")
+
+    try:
+        assert router.poll(30_000), "the worker never registered"
+        identity, frame = router.recv_multipart()
+        assert isinstance(p.decode(frame), p.Register)
+        welcome = p.Welcome("w", heartbeat_interval_s=0.2).to_wire()
+        router.send_multipart([identity, msgpack.packb(welcome | {"heartbeat_interval_s": "soon"})])
+        router.send_multipart([identity, msgpack.packb(welcome)])
+        next_heartbeat()
+        router.send_multipart(
+            [identity, msgpack.packb(p.CancelTask("r", "t", 1).to_wire() | {"attempt": "x"})]
+        )
+        router.send_multipart([identity, p.encode(p.ReleaseOutputs("r", "not-a-task-id", 1))])
+        next_heartbeat()
+        next_heartbeat()
+        assert worker.poll() is None
+        worker.terminate()
+        _, err = worker.communicate(timeout=30)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+        router.close(linger=0)
+        ctx.term()
+    assert "welcome: field heartbeat_interval_s must be a number, got string" in err
+    assert "cancel_task: field attempt must be an int, got string" in err
+    assert "handling release_outputs from the coordinator failed with ValueError; skipped" in err
+    assert "Traceback" not in err
+
+
 def test_a_worker_declared_dead_is_told_by_its_next_task_report(tmp_path: Path) -> None:
     """A busy worker sends task reports, not heartbeats. Once the coordinator has declared it dead
     (silent past the limit), the next report draws a Reject, so the worker drops the work that is
@@ -367,5 +416,7 @@ def test_the_manifest_and_plan_are_checked_against_each_other() -> None:
             parse_submission(MANIFEST, PLAN | {"stages": stages})
     with pytest.raises(InvalidSubmission, match="invalid manifest: manifest version 7"):
         parse_submission(MANIFEST | {"manifest_version": 7}, PLAN)
+    with pytest.raises(InvalidSubmission, match="invalid manifest: not JSON data"):
+        parse_submission(MANIFEST | {"steps": [STEP | {"config": {"path": b"x.csv"}}]}, PLAN)
     with pytest.raises(InvalidSubmission, match="invalid manifest: AttributeError"):
         parse_submission(MANIFEST | {"source": "x"}, PLAN)
