@@ -41,7 +41,7 @@ PROTOCOL_VERSION = 3
 # ("run_event", one event per message; RunEvents carries what a coordinator pass produced).
 
 # The largest frame any socket of the cluster accepts (ZMQ_MAXMSGSIZE on every control socket):
-# far above a real manifest (a 5,000-step pipeline encodes to about 3 MB) and far below what
+# far above a real manifest (5,000 steps of SQL transforms encode to 1.4 MB) and far below what
 # would hurt a coordinator's memory. A bigger frame makes libzmq drop the sender's connection.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 # Nesting levels allowed in a free-form value (a step config, an event's fields, a sink state).
