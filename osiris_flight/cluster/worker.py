@@ -32,6 +32,7 @@ from typing import Any
 import psutil
 import pyarrow as pa
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from osiris_flight import protocol as p
 from osiris_flight.cluster.curve import CurveKeys, secure_client
@@ -49,6 +50,16 @@ from osiris_flight.runtime.task_runner import TaskRun, TaskSpec, run_task
 log = logging.getLogger("osiris_flight.worker")
 
 PROGRESS_INTERVAL_S = 0.5
+# libzmq reconnects a dropped connection at once (and says so: CONNECT_RETRIED), except one it
+# dropped itself for a protocol error, such as a frame over MAX_MESSAGE_BYTES: then it never does,
+# and the coordinator's side keeps the worker's identity, so connecting again is refused too. A drop
+# followed by this long a silence is such a one: the worker stops (exit 3) instead of idling unseen
+# (or blocking for ever in a send: a DEALER without a connection blocks).
+LINK_LOST_AFTER_S = 2.0
+
+
+class LinkLost(Exception):
+    pass
 
 
 @dataclass(frozen=True)
@@ -200,18 +211,58 @@ class Worker:
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(inbox, zmq.POLLIN)
+        self._link = sock.get_monitor_socket(
+            zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_CONNECTED
+        )
+        self._dropped_at: float | None = None
+        try:
+            return self._serve(sock, inbox, poller)
+        except LinkLost:
+            log.error(
+                "leaving coordinator %s: it broke the protocol (a frame over %d MiB?) and the link is gone",
+                self.options.coordinator,
+                p.MAX_MESSAGE_BYTES >> 20,
+            )
+            return 3
+        finally:
+            sock.disable_monitor()
+            self._link.close(linger=0)
+
+    def _check_link(self) -> None:
+        """Raise LinkLost once the link was dropped and libzmq has not tried again for a while."""
+        while self._link.poll(0):
+            event = recv_monitor_message(self._link)["event"]
+            self._dropped_at = time.monotonic() if event == zmq.EVENT_DISCONNECTED else None
+        if self._dropped_at is not None and time.monotonic() - self._dropped_at > LINK_LOST_AFTER_S:
+            raise LinkLost
+
+    def _send(self, sock: zmq.Socket, frame: bytes) -> None:
+        """Send to the coordinator: queued while it is away (blocking at the high-water mark, as
+        before), LinkLost when the link is gone for good."""
+        while True:
+            try:
+                sock.send(frame, zmq.NOBLOCK)
+                return
+            except zmq.Again:
+                self._check_link()
+                if self._stop.is_set():
+                    return
+                sock.poll(100, zmq.POLLOUT)
+
+    def _serve(self, sock: zmq.Socket, inbox: zmq.Socket, poller: zmq.Poller) -> int:
         last_sent = time.monotonic()
         last_progress = last_sent
         interval = self.heartbeat_interval_s
         while not self._stop.is_set():
             events = dict(poller.poll(timeout=min(100, int(interval * 250))))
+            self._check_link()
             if inbox in events:
                 while True:
                     try:
                         frame = inbox.recv(zmq.NOBLOCK)
                     except zmq.Again:
                         break
-                    sock.send(frame)
+                    self._send(sock, frame)
                     last_sent = time.monotonic()
             if sock in events:
                 while True:
@@ -235,20 +286,22 @@ class Worker:
                         )
                 if self._rejoin:
                     self._rejoin = False
-                    sock.send(self._register_message())
+                    self._send(sock, self._register_message())
             now = time.monotonic()
             if self.tasks and now - last_progress >= PROGRESS_INTERVAL_S:
                 rss = self._process.memory_info().rss
                 for task in list(self.tasks.values()):
                     spec = task.spec
-                    sock.send(
+                    self._send(
+                        sock,
                         p.encode(
                             p.TaskProgress(spec.run_id, spec.task_id, spec.attempt, task.progress(), rss)
-                        )
+                        ),
                     )
                 last_progress = last_sent = now
             if now - last_sent >= interval:
-                sock.send(
+                self._send(
+                    sock,
                     p.encode(
                         p.Heartbeat(
                             self.worker_id,
@@ -257,7 +310,7 @@ class Worker:
                             store_bytes=self.store.bytes_in_memory,
                             spilled_bytes=self.store.bytes_spilled_total,
                         )
-                    )
+                    ),
                 )
                 last_sent = now
             if self._parent_gone():

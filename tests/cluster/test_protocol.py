@@ -11,6 +11,7 @@ from pathlib import Path
 import msgpack
 import pytest
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from osiris_flight import protocol as p
 from osiris_flight.cluster.client import Client
@@ -420,3 +421,63 @@ def test_the_manifest_and_plan_are_checked_against_each_other() -> None:
         parse_submission(MANIFEST | {"steps": [STEP | {"config": {"path": b"x.csv"}}]}, PLAN)
     with pytest.raises(InvalidSubmission, match="invalid manifest: AttributeError"):
         parse_submission(MANIFEST | {"source": "x"}, PLAN)
+
+
+def _oversize() -> bytes:
+    return bytes(p.MAX_MESSAGE_BYTES + 1)
+
+
+def test_a_worker_drops_a_coordinator_sending_an_oversize_frame() -> None:
+    """A frame over MAX_MESSAGE_BYTES makes the worker's socket drop the connection (ZMQ_MAXMSGSIZE)
+    instead of buffering it. libzmq never reconnects such a link, so the worker stops with a clear
+    line and exit code 3 rather than idling unseen."""
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    monitor = router.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    worker = subprocess.Popen(
+        [str(BIN / "osiris-worker"), "--coordinator", f"tcp://127.0.0.1:{port}", "--worker-id", "w"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert router.poll(30_000), "the worker never registered"
+        identity, _ = router.recv_multipart()
+        router.send_multipart([identity, p.encode(p.Welcome("w", heartbeat_interval_s=0.2))])
+        router.send_multipart([identity, _oversize()], copy=False)
+        assert monitor.poll(30_000), "the worker kept the link of a coordinator sending an oversize frame"
+        assert recv_monitor_message(monitor)["event"] == zmq.EVENT_DISCONNECTED
+        _, err = worker.communicate(timeout=60)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+        router.disable_monitor()
+        router.close(linger=0)
+        ctx.destroy(linger=0)
+    assert worker.returncode == 3
+    assert (
+        "it broke the protocol (a frame over 64 MiB?) and the link is gone" in err and "Traceback" not in err
+    )
+
+
+def test_a_client_drops_a_peer_sending_an_oversize_frame() -> None:
+    """The client's socket drops a coordinator sending a frame over the limit instead of buffering
+    it (libzmq does not reconnect after such a drop: a run being followed then ends with "the
+    coordinator stopped answering", as for a coordinator that died)."""
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    monitor = router.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    try:
+        with Client(f"tcp://127.0.0.1:{port}") as client:
+            client.send(p.ClusterStatusRequest())
+            assert router.poll(10_000)
+            identity, _ = router.recv_multipart()
+            router.send_multipart([identity, _oversize()], copy=False)
+            assert monitor.poll(30_000), "the client kept the connection of a peer sending an oversize frame"
+            assert recv_monitor_message(monitor)["event"] == zmq.EVENT_DISCONNECTED
+            assert client.receive(0.2) is None
+    finally:
+        router.disable_monitor()
+        router.close(linger=0)
+        ctx.destroy(linger=0)
