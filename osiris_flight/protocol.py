@@ -2,7 +2,17 @@
 
 Every control message is a frozen dataclass with an ``op`` tag. On the wire it is a msgpack map
 ``{"v": PROTOCOL_VERSION, "op": ..., <fields>}``; ``decode`` rejects a different version, an unknown
-op, or missing/extra fields with a ProtocolError that says which. No pickle anywhere.
+op, missing/extra fields, or a field whose value does not have the declared type, with a
+ProtocolError that names the op, the field and the expected type. No pickle anywhere.
+
+Types are checked against the dataclass annotations, compiled once per message class into a
+checker (bool is not an int; a plain ``int`` is 0..2**63-1, ``Annotated[int, Range(lo, hi)]``
+narrows it). A loosely typed field (``dict[str, Any]``, kept loose for the code that builds it) can
+declare its stricter wire shape with ``Annotated[..., Wire(T)]``: TypedDicts for fixed records,
+``Keys`` for open ones. ``Any`` on the wire means plain data: str, int, float, bool, None, bytes,
+lists and string-keyed maps, at most ``MAX_NESTING`` levels deep. Every socket carrying these
+messages refuses a frame over ``MAX_MESSAGE_BYTES`` (ZMQ_MAXMSGSIZE: the peer is disconnected before
+the frame is buffered).
 
 The Flight ticket that names a task output (``FetchOutput``) is a message of this module too.
 
@@ -13,8 +23,13 @@ any change to a message's fields bumps PROTOCOL_VERSION.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
+import types
+import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, TypedDict
 
 import msgpack
 
@@ -30,11 +45,114 @@ PROTOCOL_VERSION = 4
 #   valid token.
 # - Welcome gains fetch_token_key: the coordinator's HMAC key that the worker's Flight server checks
 #   tokens with (a secret: travels only inside CURVE or the embedded cluster's private link).
+# - Every field is checked against its declared type and bounds on decode, ids are single safe path
+#   components, and frames are limited to MAX_MESSAGE_BYTES: a v3 peer sending loose types is refused.
 # Retired in v3: TaskFinished.spills (a spill is reported when it happens, OutputSpilled: an output
 # usually spills after its task finished, when newer outputs need the memory) and RunEvent
 # ("run_event", one event per message; RunEvents carries what a coordinator pass produced).
 
+# The largest frame any socket of the cluster accepts (ZMQ_MAXMSGSIZE on every control socket):
+# far above a real manifest (5,000 steps of SQL transforms encode to 1.4 MB) and far below what
+# would hurt a coordinator's memory. A bigger frame makes libzmq drop the sender's connection.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# Nesting levels allowed in a free-form value (a step config, an event's fields, a sink state).
+MAX_NESTING = 32
+MAX_INT = 2**63 - 1
+MAX_PARTITIONS = 65536
+MAX_ATTEMPT = 2**31 - 1
+
 _REGISTRY: dict[str, type[Message]] = {}
+
+
+class VersionMismatch(ProtocolError):
+    """The peer speaks another protocol version: nothing it says can be understood."""
+
+
+@dataclass(frozen=True)
+class Range:
+    """``Annotated[int, Range(low, high)]`` (or float): a number field's inclusive bounds."""
+
+    low: float
+    high: float
+
+
+@dataclass(frozen=True)
+class Wire:
+    """``Annotated[T, Wire(S)]``: the field is ``T`` in code and must have the stricter shape ``S``
+    on the wire (a TypedDict, ``Annotated[dict[str, Any], Keys(...)]``, containers of them)."""
+
+    shape: Any
+
+
+@dataclass(frozen=True)
+class Match:
+    """``Annotated[str, Match(regex)]``: a string field that must match the whole regex."""
+
+    pattern: str
+
+
+class Keys:
+    """``Annotated[dict[str, Any], Keys(name=T, ...)]``: an open record, a map with string keys
+    that must hold these keys with these types; other keys hold any plain data."""
+
+    def __init__(self, **required: Any) -> None:
+        self.required = required
+
+
+# Run and task ids become path components on the coordinator and the workers (run directories,
+# a task's scratch directory): one safe component, never "..", "/" or empty.
+SafeName = Annotated[str, Match(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")]
+Attempt = Annotated[int, Range(0, MAX_ATTEMPT)]
+Partition = Annotated[int, Range(0, MAX_PARTITIONS - 1)]
+Partitions = Annotated[int, Range(1, MAX_PARTITIONS)]
+Slots = Annotated[int, Range(1, 4096)]
+BatchRows = Annotated[int, Range(1, 1 << 30)]
+MaxAttempts = Annotated[int, Range(1, 1000)]
+Interval = Annotated[float, Range(0.001, 3600.0)]
+
+
+class FlightInput(TypedDict):
+    """One input partition of an AssignTask: where to fetch it, and the ticket (FetchOutput)."""
+
+    flight_uri: str
+    ticket: bytes
+
+
+class _StepKeys(TypedDict):
+    id: str
+    component: str
+    mode: str
+    config: dict[str, Any]
+
+
+class ManifestStep(_StepKeys, total=False):
+    """A manifest step as ``StepSpec.to_dict`` writes it (``inputs`` and ``fingerprint`` optional)."""
+
+    inputs: list[str]
+    fingerprint: str
+
+
+class PlanStage(TypedDict):
+    """A plan stage as ``Stage.to_dict`` writes it."""
+
+    id: str
+    steps: list[str]
+    partitions: Partitions
+    inputs: list[str]
+    consumers: list[str]
+    output: str
+
+
+ManifestDict = Annotated[
+    dict[str, Any],
+    Keys(
+        manifest_version=int,
+        pipeline=Annotated[dict[str, Any], Keys(name=str, oml_version=str)],
+        steps=list[ManifestStep],
+    ),
+]
+PlanDict = Annotated[dict[str, Any], Keys(plan_version=int, stages=list[PlanStage])]
+EventDict = Annotated[dict[str, Any], Keys(event=str)]
 
 
 @dataclass(frozen=True)
@@ -66,24 +184,291 @@ def decode(data: bytes) -> Message:
         raise ProtocolError("message is not a map")
     version = body.pop("v", None)
     if version != PROTOCOL_VERSION:
-        raise ProtocolError(
-            f"protocol version {version!r} is not supported (this peer speaks {PROTOCOL_VERSION})"
+        shown = version if version is None or type(version) is int else f"{str(version)[:20]}"
+        raise VersionMismatch(
+            f"protocol version {shown!r} is not supported (this peer speaks {PROTOCOL_VERSION})"
         )
     op = body.pop("op", None)
     cls = _REGISTRY.get(op) if isinstance(op, str) else None
     if cls is None:
         raise ProtocolError(f"unknown op {op!r}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    required = {
-        f.name
-        for f in dataclasses.fields(cls)
-        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-    }
-    if missing := required - body.keys():
+    schema = _schema(cls)
+    if missing := schema.required - body.keys():
         raise ProtocolError(f"{op}: missing fields {sorted(missing)}")
-    if extra := body.keys() - names:
-        raise ProtocolError(f"{op}: unknown fields {sorted(extra)}")
+    if extra := body.keys() - schema.names:
+        raise ProtocolError(f"{op}: unknown fields {sorted(map(str, extra))}")
+    for name, check in schema.checks:
+        if name in body:
+            try:
+                check(body[name])
+            except _Mismatch as exc:
+                raise ProtocolError(f"{op}: field {name}{exc.where()} {exc.problem}") from None
     return cls(**body)
+
+
+def peek_op(data: bytes) -> str:
+    """The op of an encoded message, for a log line about it ("?" when there is none)."""
+    try:
+        body = msgpack.unpackb(data, raw=False, strict_map_key=False)
+    except Exception:  # msgpack raises several unrelated types
+        return "?"
+    op = body.get("op") if isinstance(body, dict) else None
+    return op[:64] if isinstance(op, str) else "?"
+
+
+# -- type checking -------------------------------------------------------------------------------
+class _Mismatch(Exception):
+    """A value that does not fit; ``path`` grows (innermost first) as it propagates out."""
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+        self.path: list[str] = []
+
+    def where(self) -> str:
+        return "".join(reversed(self.path))
+
+
+Check = Callable[[Any], None]
+
+
+@dataclass(frozen=True)
+class _Schema:
+    names: frozenset[str]
+    required: frozenset[str]
+    checks: tuple[tuple[str, Check], ...]
+
+
+_SCHEMAS: dict[type[Message], _Schema] = {}
+
+
+def _schema(cls: type[Message]) -> _Schema:
+    schema = _SCHEMAS.get(cls)
+    if schema is None:
+        hints = typing.get_type_hints(cls, include_extras=True)
+        fields = dataclasses.fields(cls)
+        schema = _Schema(
+            frozenset(f.name for f in fields),
+            frozenset(
+                f.name
+                for f in fields
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            ),
+            tuple((f.name, _compile(hints[f.name])) for f in fields),
+        )
+        _SCHEMAS[cls] = schema
+    return schema
+
+
+def _kind(value: Any) -> str:
+    """What a wire value is, in msgpack's words (never the value: it may be a secret)."""
+    names = {dict: "map", list: "array", str: "string", bytes: "binary", bool: "bool", float: "float"}
+    if value is None:
+        return "nil"
+    if type(value) is int:
+        return "int"
+    return names.get(type(value), type(value).__name__)
+
+
+def _expected(what: str, value: Any) -> _Mismatch:
+    return _Mismatch(f"must be {what}, got {_kind(value)}")
+
+
+def _compile(tp: Any) -> Check:
+    origin = typing.get_origin(tp)
+    if origin is Annotated:
+        inner, *meta = typing.get_args(tp)
+        for item in meta:
+            if isinstance(item, Wire):
+                return _compile(item.shape)
+            if isinstance(item, Range):
+                number = _float_check if inner is float else _int_check
+                return number(item.low, item.high)
+            if isinstance(item, Keys):
+                return _record_check(item.required)
+            if isinstance(item, Match):
+                return _match_check(re.compile(item.pattern))
+        return _compile(inner)
+    if tp is Any:
+        return _plain_check
+    if tp is str:
+        return _type_check(str, "a string")
+    if tp is bytes:
+        return _type_check(bytes, "binary")
+    if tp is bool:
+        return _type_check(bool, "a bool")
+    if tp is int:
+        return _int_check(0, MAX_INT)
+    if tp is float:
+        return _float_check(-math.inf, math.inf)
+    if origin in (types.UnionType, typing.Union):
+        options = typing.get_args(tp)
+        if len(options) == 2 and type(None) in options:
+            (other,) = [o for o in options if o is not type(None)]
+            inner_check = _compile(other)
+
+            def optional(value: Any) -> None:
+                if value is not None:
+                    inner_check(value)
+
+            return optional
+        raise TypeError(f"protocol: unsupported union {tp}")
+    if origin is list:
+        (item_type,) = typing.get_args(tp)
+        return _list_check(_compile(item_type))
+    if origin is dict:
+        key_type, value_type = typing.get_args(tp)
+        if key_type is not str:
+            raise TypeError(f"protocol: map keys must be str, not {key_type}")
+        return _map_check(_compile(value_type))
+    if typing.is_typeddict(tp):
+        hints = typing.get_type_hints(tp, include_extras=True)
+        required = tp.__required_keys__
+        return _typeddict_check({name: _compile(t) for name, t in hints.items()}, frozenset(required))
+    raise TypeError(f"protocol: unsupported field type {tp}")
+
+
+def _type_check(kind: type, what: str) -> Check:
+    def check(value: Any) -> None:
+        if type(value) is not kind:
+            raise _expected(what, value)
+
+    return check
+
+
+def _match_check(pattern: re.Pattern[str]) -> Check:
+    def check(value: Any) -> None:
+        if type(value) is not str:
+            raise _expected("a string", value)
+        if pattern.fullmatch(value) is None:
+            raise _Mismatch(f"must match {pattern.pattern}")
+
+    return check
+
+
+def _int_check(low: float, high: float) -> Check:
+    def check(value: Any) -> None:
+        if type(value) is not int:
+            raise _expected("an int", value)
+        if not low <= value <= high:
+            raise _Mismatch(f"must be an int in {low}..{high}")
+
+    return check
+
+
+def _float_check(low: float, high: float) -> Check:
+    bounded = math.isfinite(low) or math.isfinite(high)
+
+    def check(value: Any) -> None:
+        kind = type(value)
+        if kind is not float and kind is not int:
+            raise _expected("a number", value)
+        if bounded and not low <= value <= high:
+            raise _Mismatch(f"must be a number in {low}..{high}")
+
+    return check
+
+
+def _list_check(item: Check) -> Check:
+    def check(value: Any) -> None:
+        if type(value) is not list:
+            raise _expected("an array", value)
+        for index, element in enumerate(value):
+            try:
+                item(element)
+            except _Mismatch as exc:
+                exc.path.append(f"[{index}]")
+                raise
+
+    return check
+
+
+def _map_check(item: Check) -> Check:
+    def check(value: Any) -> None:
+        if type(value) is not dict:
+            raise _expected("a map", value)
+        for key, element in value.items():
+            if type(key) is not str:
+                raise _Mismatch(f"must be a map with string keys, got a {_kind(key)} key")
+            try:
+                item(element)
+            except _Mismatch as exc:
+                exc.path.append(f"[{key[:40]!r}]")
+                raise
+
+    return check
+
+
+def _typeddict_check(fields: dict[str, Check], required: frozenset[str]) -> Check:
+    def check(value: Any) -> None:
+        if type(value) is not dict:
+            raise _expected("a map", value)
+        if not required <= value.keys():
+            raise _Mismatch(f"is missing keys {sorted(required - value.keys())}")
+        for key, element in value.items():
+            field_check = fields.get(key) if type(key) is str else None
+            if field_check is None:
+                raise _Mismatch(f"has an unknown key {str(key)[:40]!r}")
+            try:
+                field_check(element)
+            except _Mismatch as exc:
+                exc.path.append(f"[{key!r}]")
+                raise
+
+    return check
+
+
+def _record_check(required: dict[str, Any]) -> Check:
+    fields = {name: _compile(tp) for name, tp in required.items()}
+
+    def check(value: Any) -> None:
+        if type(value) is not dict:
+            raise _expected("a map", value)
+        for key in fields:
+            if key not in value:
+                raise _Mismatch(f"is missing key {key!r}")
+        for key, element in value.items():
+            field_check = fields.get(key) if type(key) is str else None
+            try:
+                if field_check is not None:
+                    field_check(element)
+                else:
+                    if type(key) is not str:
+                        raise _Mismatch(f"must be a map with string keys, got a {_kind(key)} key")
+                    _plain(element, 1)
+            except _Mismatch as exc:
+                exc.path.append(f"[{str(key)[:40]!r}]")
+                raise
+
+    return check
+
+
+_SCALARS = (str, int, float, bool, bytes, type(None))
+
+
+def _plain_check(value: Any) -> None:
+    _plain(value, 0)
+
+
+def _plain(value: Any, depth: int) -> None:
+    """Plain data: scalars, arrays and string-keyed maps, at most MAX_NESTING levels deep."""
+    kind = type(value)
+    if kind in _SCALARS:
+        return
+    if depth >= MAX_NESTING:
+        raise _Mismatch(f"is nested deeper than {MAX_NESTING} levels")
+    if kind is list:
+        for element in value:
+            if type(element) not in _SCALARS:
+                _plain(element, depth + 1)
+        return
+    if kind is dict:
+        for key, element in value.items():
+            if type(key) is not str:
+                raise _Mismatch(f"must be a map with string keys, got a {_kind(key)} key")
+            if type(element) not in _SCALARS:
+                _plain(element, depth + 1)
+        return
+    raise _Mismatch(f"must be plain data, got {_kind(value)}")
 
 
 # -- worker -> coordinator -----------------------------------------------------------------------
@@ -95,7 +480,7 @@ class Register(Message):
     worker_id: str
     host: str
     pid: int
-    slots: int
+    slots: Slots
     flight_uri: str
     memory_limit_bytes: int
 
@@ -113,9 +498,9 @@ class Heartbeat(Message):
 @dataclass(frozen=True)
 class TaskStarted(Message):
     op: ClassVar[str] = "task_started"
-    run_id: str
-    task_id: str
-    attempt: int
+    run_id: SafeName
+    task_id: SafeName
+    attempt: Attempt
     worker_id: str
     started_at: float
 
@@ -125,9 +510,9 @@ class TaskProgress(Message):
     """Per-step counters of a running task (rows and bytes so far), plus worker memory."""
 
     op: ClassVar[str] = "task_progress"
-    run_id: str
-    task_id: str
-    attempt: int
+    run_id: SafeName
+    task_id: SafeName
+    attempt: Attempt
     steps: dict[str, dict[str, int]]
     rss_bytes: int = 0
 
@@ -137,9 +522,9 @@ class TaskTelemetry(Message):
     """An event (``value`` unused) or a metric a component reported through its StepContext."""
 
     op: ClassVar[str] = "task_telemetry"
-    run_id: str
-    task_id: str
-    attempt: int
+    run_id: SafeName
+    task_id: SafeName
+    attempt: Attempt
     kind: str
     name: str
     value: float = 0.0
@@ -152,9 +537,9 @@ class TaskCheckpoint(Message):
     ``sink_state`` is what the sink needs to continue there (journaled by the coordinator)."""
 
     op: ClassVar[str] = "task_checkpoint"
-    run_id: str
-    task_id: str
-    attempt: int
+    run_id: SafeName
+    task_id: SafeName
+    attempt: Attempt
     token: str
     sink_state: dict[str, Any]
     rows: int
@@ -165,9 +550,9 @@ class TaskFinished(Message):
     """``steps`` maps step id to its counters."""
 
     op: ClassVar[str] = "task_finished"
-    run_id: str
-    task_id: str
-    attempt: int
+    run_id: SafeName
+    task_id: SafeName
+    attempt: Attempt
     worker_id: str
     started_at: float
     finished_at: float
@@ -182,9 +567,9 @@ class OutputSpilled(Message):
     ``bytes`` written to disk, ``batches`` moved, ``memory_before`` bytes the store held before."""
 
     op: ClassVar[str] = "output_spilled"
-    run_id: str
-    task_id: str
-    attempt: int
+    run_id: SafeName
+    task_id: SafeName
+    attempt: Attempt
     worker_id: str
     bytes: int
     batches: int
@@ -194,9 +579,9 @@ class OutputSpilled(Message):
 @dataclass(frozen=True)
 class TaskFailed(Message):
     op: ClassVar[str] = "task_failed"
-    run_id: str
-    task_id: str
-    attempt: int
+    run_id: SafeName
+    task_id: SafeName
+    attempt: Attempt
     worker_id: str
     error: str
     error_type: str
@@ -216,7 +601,7 @@ class Goodbye(Message):
 class Welcome(Message):
     op: ClassVar[str] = "welcome"
     worker_id: str
-    heartbeat_interval_s: float
+    heartbeat_interval_s: Interval
     plugins: list[str] = field(default_factory=list)
     fetch_token_key: bytes = b""  # secret: never log a Welcome
 
@@ -244,27 +629,27 @@ class AssignTask(Message):
     """
 
     op: ClassVar[str] = "assign_task"
-    run_id: str
-    task_id: str
+    run_id: SafeName
+    task_id: SafeName
     stage_id: str
-    partition: int
-    partitions: int
-    attempt: int
-    steps: list[dict[str, Any]]
-    inputs: dict[str, list[dict[str, Any]]]
+    partition: Partition
+    partitions: Partitions
+    attempt: Attempt
+    steps: Annotated[list[dict[str, Any]], Wire(list[ManifestStep])]
+    inputs: Annotated[dict[str, list[dict[str, Any]]], Wire(dict[str, list[FlightInput]])]
     output: str
     output_dir: str
     connections: dict[str, dict[str, Any]] = field(default_factory=dict)
-    batch_rows: int = 65536
+    batch_rows: BatchRows = 65536
     resume_state: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class CancelTask(Message):
     op: ClassVar[str] = "cancel_task"
-    run_id: str
-    task_id: str
-    attempt: int
+    run_id: SafeName
+    task_id: SafeName
+    attempt: Attempt
     reason: str = ""
 
 
@@ -273,9 +658,9 @@ class ReleaseOutputs(Message):
     """Drop stored outputs: of one task attempt, or of the whole run when ``task_id`` is empty."""
 
     op: ClassVar[str] = "release_outputs"
-    run_id: str
-    task_id: str = ""
-    attempt: int = 0
+    run_id: SafeName
+    task_id: Annotated[str, Match(r"|[A-Za-z0-9][A-Za-z0-9._-]{0,127}")] = ""
+    attempt: Attempt = 0
 
 
 @dataclass(frozen=True)
@@ -295,20 +680,20 @@ class SubmitRun(Message):
     """
 
     op: ClassVar[str] = "submit_run"
-    run_id: str
+    run_id: SafeName
     run_logs: str
-    manifest: dict[str, Any]
-    plan: dict[str, Any]
+    manifest: ManifestDict
+    plan: PlanDict
     connections: dict[str, dict[str, Any]] = field(default_factory=dict)
     resume: bool = False
-    max_attempts: int = 3
-    batch_rows: int = 65536
+    max_attempts: MaxAttempts = 3
+    batch_rows: BatchRows = 65536
 
 
 @dataclass(frozen=True)
 class RunAccepted(Message):
     op: ClassVar[str] = "run_accepted"
-    run_id: str
+    run_id: SafeName
     run_dir: str
     skipped_tasks: list[str] = field(default_factory=list)
 
@@ -319,14 +704,14 @@ class RunEvents(Message):
     one pass of the coordinator's loop produced, in order (at most the latest ``progress``)."""
 
     op: ClassVar[str] = "run_events"
-    run_id: str
-    events: list[dict[str, Any]]
+    run_id: SafeName
+    events: list[EventDict]
 
 
 @dataclass(frozen=True)
 class RunFinished(Message):
     op: ClassVar[str] = "run_finished"
-    run_id: str
+    run_id: SafeName
     status: str
     error: str = ""
     summary: dict[str, Any] = field(default_factory=dict)
@@ -335,7 +720,7 @@ class RunFinished(Message):
 @dataclass(frozen=True)
 class CancelRun(Message):
     op: ClassVar[str] = "cancel_run"
-    run_id: str
+    run_id: SafeName
     reason: str = ""
 
 
@@ -360,11 +745,11 @@ class FetchOutput(Message):
     all of them (data/fetch_token.py)."""
 
     op: ClassVar[str] = "fetch_output"
-    run_id: str
+    run_id: SafeName
     stage_id: str
-    partition: int
-    attempt: int
-    bucket: int = 0
+    partition: Partition
+    attempt: Attempt
+    bucket: Partition = 0
     reader: str = ""
     expires_at: float = 0.0
     token: bytes = b""

@@ -24,6 +24,7 @@ class Client:
         self._zmq = zmq.Context()
         self.sock = self._zmq.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 500)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, p.MAX_MESSAGE_BYTES)
         self.sock.setsockopt_string(zmq.IDENTITY, f"client-{uuid.uuid4().hex[:10]}")
         if curve is not None:
             secure_client(self.sock, curve)

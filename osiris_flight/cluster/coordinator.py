@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ from osiris_flight.cluster.roles import (
     resume_refusal,
 )
 from osiris_flight.cluster.run_tracker import RunTracker
+from osiris_flight.cluster.submission import parse_submission
 from osiris_flight.data import fetch_token
 from osiris_flight.errors import InvalidInput, Problem, ProtocolError, UpstreamLost
 from osiris_flight.oml.model import Manifest, Plan, parse_task_id
@@ -127,6 +129,8 @@ class Coordinator:
         self.sock = self._zmq.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 1000)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        # A bigger frame drops its sender's connection before it is buffered (protocol.py).
+        self.sock.setsockopt(zmq.MAXMSGSIZE, p.MAX_MESSAGE_BYTES)
         self._authenticator = None
         self._key_roles: KeyRoles | None = None
         if options.curve is not None:
@@ -185,7 +189,11 @@ class Coordinator:
                         break
                     if len(frames) != 2:
                         continue
-                    self._receive(self._peer(frames[0].bytes, frames[1]), frames[1].bytes)
+                    identity, frame = frames[0].bytes, frames[1].bytes
+                    try:
+                        self._receive(self._peer(identity, frames[1]), frame)
+                    except Exception as exc:  # one message must never stop the coordinator
+                        self._handling_failed(identity, frame, exc)
             for fd in events:
                 if isinstance(fd, int):
                     self._drain_child_pipe(fd)
@@ -424,6 +432,21 @@ class Coordinator:
         run = self.runs.get(run_id)
         return run is not None and (run.owner == peer.principal or peer.admin)
 
+    def _handling_failed(self, identity: bytes, frame: bytes, exc: Exception) -> None:
+        """Log (op and where, never the message or the error text: either may hold a secret) and
+        answer Reject; the coordinator goes on serving."""
+        op = p.peek_op(frame)
+        frames = traceback.extract_tb(exc.__traceback__)
+        where = f"{Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else "?"
+        log.error(
+            "handling %r from %r failed with %s at %s; answered with reject",
+            op,
+            identity[:64],
+            type(exc).__name__,
+            where,
+        )
+        self._send(identity, p.Reject(f"the coordinator could not handle this {op!r} message"))
+
     def _status(self, peer: Peer) -> p.ClusterStatus:
         """All workers and runs for an admin; a client sees its own runs and the workers' count and
         slots (not where their Flight servers listen)."""
@@ -489,8 +512,7 @@ class Coordinator:
             self._send(client, p.RunFinished(msg.run_id, "failed", f"run {msg.run_id} is already active"))
             return
         try:
-            manifest = Manifest.from_dict(msg.manifest)
-            plan = Plan.from_dict(msg.plan)
+            manifest, plan = parse_submission(msg.manifest, msg.plan)
             root = Path(msg.run_logs)
             committed: dict[str, dict[str, Any]] = {}
             checkpoints: dict[str, dict[str, Any]] = {}

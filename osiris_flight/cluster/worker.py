@@ -31,6 +31,7 @@ from typing import Any
 import psutil
 import pyarrow as pa
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from osiris_flight import protocol as p
 from osiris_flight.cluster.curve import CurveKeys, secure_client
@@ -51,6 +52,16 @@ from osiris_flight.runtime.task_runner import TaskRun, TaskSpec, run_task
 log = logging.getLogger("osiris_flight.worker")
 
 PROGRESS_INTERVAL_S = 0.5
+# libzmq reconnects a dropped connection at once (and says so: CONNECT_RETRIED), except one it
+# dropped itself for a protocol error, such as a frame over MAX_MESSAGE_BYTES: then it never does,
+# and the coordinator's side keeps the worker's identity, so connecting again is refused too. A drop
+# followed by this long a silence is such a one: the worker stops (exit 3) instead of idling unseen
+# (or blocking for ever in a send: a DEALER without a connection blocks).
+LINK_LOST_AFTER_S = 2.0
+
+
+class LinkLost(Exception):
+    pass
 
 
 @dataclass(frozen=True)
@@ -136,6 +147,7 @@ class Worker:
         sock = self._zmq.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 1000)
         sock.setsockopt_string(zmq.IDENTITY, self.worker_id)
+        sock.setsockopt(zmq.MAXMSGSIZE, p.MAX_MESSAGE_BYTES)
         if self.options.curve is not None:
             secure_client(sock, self.options.curve)
         inbox = self._zmq.socket(zmq.PULL)
@@ -186,9 +198,12 @@ class Worker:
             if sock.poll(200):
                 try:
                     message = p.decode(sock.recv())
-                except ProtocolError as exc:  # another version: nothing it says can be understood
+                except p.VersionMismatch as exc:  # nothing it says can be understood
                     log.error("cannot join coordinator %s: %s", self.options.coordinator, exc)
                     return False
+                except ProtocolError as exc:  # names op and field, never a value
+                    log.error("skipped a malformed message from the coordinator: %s", exc)
+                    continue
                 if isinstance(message, p.Welcome):
                     self.flight.set_token_key(message.fetch_token_key)
                     for module in message.plugins:  # loading a module twice is a no-op
@@ -215,18 +230,58 @@ class Worker:
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(inbox, zmq.POLLIN)
+        self._link = sock.get_monitor_socket(
+            zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_CONNECTED
+        )
+        self._dropped_at: float | None = None
+        try:
+            return self._serve(sock, inbox, poller)
+        except LinkLost:
+            log.error(
+                "leaving coordinator %s: it broke the protocol (a frame over %d MiB?) and the link is gone",
+                self.options.coordinator,
+                p.MAX_MESSAGE_BYTES >> 20,
+            )
+            return 3
+        finally:
+            sock.disable_monitor()
+            self._link.close(linger=0)
+
+    def _check_link(self) -> None:
+        """Raise LinkLost once the link was dropped and libzmq has not tried again for a while."""
+        while self._link.poll(0):
+            event = recv_monitor_message(self._link)["event"]
+            self._dropped_at = time.monotonic() if event == zmq.EVENT_DISCONNECTED else None
+        if self._dropped_at is not None and time.monotonic() - self._dropped_at > LINK_LOST_AFTER_S:
+            raise LinkLost
+
+    def _send(self, sock: zmq.Socket, frame: bytes) -> None:
+        """Send to the coordinator: queued while it is away (blocking at the high-water mark, as
+        before), LinkLost when the link is gone for good."""
+        while True:
+            try:
+                sock.send(frame, zmq.NOBLOCK)
+                return
+            except zmq.Again:
+                self._check_link()
+                if self._stop.is_set():
+                    return
+                sock.poll(100, zmq.POLLOUT)
+
+    def _serve(self, sock: zmq.Socket, inbox: zmq.Socket, poller: zmq.Poller) -> int:
         last_sent = time.monotonic()
         last_progress = last_sent
         interval = self.heartbeat_interval_s
         while not self._stop.is_set():
             events = dict(poller.poll(timeout=min(100, int(interval * 250))))
+            self._check_link()
             if inbox in events:
                 while True:
                     try:
                         frame = inbox.recv(zmq.NOBLOCK)
                     except zmq.Again:
                         break
-                    sock.send(frame)
+                    self._send(sock, frame)
                     last_sent = time.monotonic()
             if sock in events:
                 while True:
@@ -236,27 +291,36 @@ class Worker:
                         break
                     try:
                         message = p.decode(frame)
-                    except ProtocolError as exc:
-                        log.error("leaving coordinator %s: %s", self.options.coordinator, exc)
-                        return 3
-                    if not self._handle(message):
-                        return 0
+                    except ProtocolError as exc:  # names op and field, never a value
+                        log.error("skipped a malformed message from the coordinator: %s", exc)
+                        continue
+                    try:
+                        if not self._handle(message):
+                            return 0
+                    except Exception as exc:  # one message must never stop the worker
+                        log.error(
+                            "handling %s from the coordinator failed with %s; skipped",
+                            message.op,
+                            type(exc).__name__,
+                        )
                 if self._rejoin:
                     self._rejoin = False
-                    sock.send(self._register_message())
+                    self._send(sock, self._register_message())
             now = time.monotonic()
             if self.tasks and now - last_progress >= PROGRESS_INTERVAL_S:
                 rss = self._process.memory_info().rss
                 for task in list(self.tasks.values()):
                     spec = task.spec
-                    sock.send(
+                    self._send(
+                        sock,
                         p.encode(
                             p.TaskProgress(spec.run_id, spec.task_id, spec.attempt, task.progress(), rss)
-                        )
+                        ),
                     )
                 last_progress = last_sent = now
             if now - last_sent >= interval:
-                sock.send(
+                self._send(
+                    sock,
                     p.encode(
                         p.Heartbeat(
                             self.worker_id,
@@ -265,7 +329,7 @@ class Worker:
                             store_bytes=self.store.bytes_in_memory,
                             spilled_bytes=self.store.bytes_spilled_total,
                         )
-                    )
+                    ),
                 )
                 last_sent = now
             if self._parent_gone():
