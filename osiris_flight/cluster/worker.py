@@ -1,5 +1,9 @@
 """The worker daemon: a ZeroMQ DEALER loop, a Flight server for its outputs, task threads.
 
+What the worker does with each coordinator message is decided by the pure state machine in
+``worker_state.py``; this module is its I/O shell: it feeds it the decoded messages and the ends of
+its task threads, and carries out the instructions it returns.
+
 Threads and why:
 
 * the main thread owns the DEALER socket and does only I/O (receive assignments, send reports,
@@ -37,6 +41,20 @@ from osiris_flight import protocol as p
 from osiris_flight.cluster.curve import CurveKeys, secure_client
 from osiris_flight.cluster.private_dir import private_umask
 from osiris_flight.cluster.spill_dirs import claim_spill_dir
+from osiris_flight.cluster.worker_state import (
+    CancelTask,
+    Instruction,
+    Joined,
+    Phase,
+    Register,
+    ReleaseOutput,
+    ReleaseRun,
+    SendReport,
+    StartTask,
+    Stop,
+    TaskEnded,
+    WorkerState,
+)
 from osiris_flight.components.base import Cancelled
 from osiris_flight.components.registry import build_registry
 from osiris_flight.data.batch_store import BatchStore, SpillEvent
@@ -44,7 +62,6 @@ from osiris_flight.data.flight_io import FlightClientPool, FlightDataServer
 from osiris_flight.data.rowstream import RowStream
 from osiris_flight.data.tls import FlightTLS
 from osiris_flight.errors import ProtocolError, TerminalError, is_transient
-from osiris_flight.oml.model import parse_task_id
 from osiris_flight.oml.model import task_id as make_task_id
 from osiris_flight.redaction import scrub
 from osiris_flight.runtime.task_runner import TaskRun, TaskSpec, run_task
@@ -120,8 +137,9 @@ class Worker:
         self.registry = build_registry()
         self.tasks: dict[tuple[str, str, int], TaskRun] = {}
         self._stop = threading.Event()
-        self._rejoin = False
-        self._joined = True  # registered; False from a Reject until the next Welcome
+        # Which coordinator message is acted on, and how: worker_state.py (pure, tested on its own).
+        self.state = WorkerState()
+        self._exit_code = 0
         # Task threads are reused (starting a thread per task cost ~1 ms under load).
         self._pool = ThreadPoolExecutor(max_workers=options.slots + 2, thread_name_prefix="task")
         self._thread_state = threading.local()
@@ -152,6 +170,11 @@ class Worker:
             secure_client(sock, self.options.curve)
         inbox = self._zmq.socket(zmq.PULL)
         inbox.bind(self._inbox_addr)
+        # Watched from before the connect: a drop right after the Welcome must not go unseen.
+        self._link = sock.get_monitor_socket(
+            zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_CONNECTED
+        )
+        self._dropped_at: float | None = None
         try:
             try:
                 sock.connect(self.options.coordinator)
@@ -170,6 +193,8 @@ class Worker:
                 task.cancel.set()
             with contextlib.suppress(Exception):
                 sock.send(p.encode(p.Goodbye(self.worker_id, "stopping")), zmq.NOBLOCK)
+            sock.disable_monitor()
+            self._link.close(linger=0)
             sock.close(linger=500)
             inbox.close(linger=0)
             self.flight.shutdown()
@@ -204,16 +229,11 @@ class Worker:
                 except ProtocolError as exc:  # names op and field, never a value
                     log.error("skipped a malformed message from the coordinator: %s", exc)
                     continue
-                if isinstance(message, p.Welcome):
-                    self.flight.set_token_key(message.fetch_token_key)
-                    for module in message.plugins:  # loading a module twice is a no-op
-                        self.registry.load_module(module)
-                    # The coordinator's interval wins: it is the one that declares workers dead.
-                    self.heartbeat_interval_s = message.heartbeat_interval_s
+                self._apply(sock, self.state.handle(message))
+                if self.state.phase is Phase.JOINED:
                     log.info("worker %s joined %s", self.worker_id, self.options.coordinator)
                     return True
-                if isinstance(message, p.Reject):
-                    log.error("coordinator rejected worker %s: %s", self.worker_id, message.reason)
+                if self.state.phase is Phase.STOPPED:
                     return False
             if self._parent_gone():
                 return False
@@ -230,10 +250,6 @@ class Worker:
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(inbox, zmq.POLLIN)
-        self._link = sock.get_monitor_socket(
-            zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_CONNECTED
-        )
-        self._dropped_at: float | None = None
         try:
             return self._serve(sock, inbox, poller)
         except LinkLost:
@@ -243,9 +259,6 @@ class Worker:
                 p.MAX_MESSAGE_BYTES >> 20,
             )
             return 3
-        finally:
-            sock.disable_monitor()
-            self._link.close(linger=0)
 
     def _check_link(self) -> None:
         """Raise LinkLost once the link was dropped and libzmq has not tried again for a while."""
@@ -278,10 +291,15 @@ class Worker:
             if inbox in events:
                 while True:
                     try:
-                        frame = inbox.recv(zmq.NOBLOCK)
+                        frames = inbox.recv_multipart(zmq.NOBLOCK)
                     except zmq.Again:
                         break
-                    self._send(sock, frame)
+                    if len(frames) == 1:  # a report of a running task: straight on
+                        self._send(sock, frames[0])
+                    else:  # [b"end", run id, task id, attempt, its final report]
+                        key = (frames[1].decode(), frames[2].decode(), int(frames[3]))
+                        self.tasks.pop(key, None)
+                        self._apply(sock, self.state.handle(TaskEnded(key, frames[4])))
                     last_sent = time.monotonic()
             if sock in events:
                 while True:
@@ -295,17 +313,15 @@ class Worker:
                         log.error("skipped a malformed message from the coordinator: %s", exc)
                         continue
                     try:
-                        if not self._handle(message):
-                            return 0
+                        self._apply(sock, self.state.handle(message))
                     except Exception as exc:  # one message must never stop the worker
                         log.error(
                             "handling %s from the coordinator failed with %s; skipped",
                             message.op,
                             type(exc).__name__,
                         )
-                if self._rejoin:
-                    self._rejoin = False
-                    self._send(sock, self._register_message())
+                    if self.state.phase is Phase.STOPPED:
+                        return self._exit_code
             now = time.monotonic()
             if self.tasks and now - last_progress >= PROGRESS_INTERVAL_S:
                 rss = self._process.memory_info().rss
@@ -340,45 +356,36 @@ class Worker:
     def _parent_gone(self) -> bool:
         return self.options.parent_pid is not None and os.getppid() != self.options.parent_pid
 
-    # -- messages ------------------------------------------------------------------------------
-    def _handle(self, message: p.Message) -> bool:
-        match message:
-            case p.AssignTask():
-                self._start_task(message)
-            case p.CancelTask():
-                task = self.tasks.get((message.run_id, message.task_id, message.attempt))
-                if task is not None:
-                    task.cancel.set()
-            case p.ReleaseOutputs():
-                if message.task_id:
-                    stage, partition = parse_task_id(message.task_id)
-                    self.store.release((message.run_id, stage, partition, message.attempt))
-                else:
-                    self.store.release_run(message.run_id)
-                    shutil.rmtree(self.work_dir / message.run_id, ignore_errors=True)
-            case p.Shutdown():
-                log.info("shutdown requested: %s", message.reason)
-                return False
-            case p.Reject():
-                # The coordinator declared us dead (e.g. we were paused past the heartbeat limit) and
-                # has rerun our tasks elsewhere: drop that work and join again as a fresh worker.
-                # Reports sent before our Register each draw a Reject: only the first one counts.
-                if not self._joined:
-                    return True
-                self._joined = False
-                log.warning("coordinator rejected us (%s); rejoining", message.reason)
-                for task in list(self.tasks.values()):
-                    task.cancel.set()
-                for run_id in {key[0] for key in list(self.tasks)}:
-                    self.store.release_run(run_id, "worker rejoined")
-                self._rejoin = True
-            case p.Welcome():
-                self.flight.set_token_key(message.fetch_token_key)
-                self._joined = True
-                log.info("rejoined the coordinator as %s", message.worker_id)
-            case _:
-                log.warning("ignoring unexpected %s", message.op)
-        return True
+    # -- carrying out the state machine's instructions -----------------------------------------
+    def _apply(self, sock: zmq.Socket, instructions: list[Instruction]) -> None:
+        for ins in instructions:
+            match ins:
+                case StartTask():
+                    self._start_task(ins.assignment)
+                case CancelTask():
+                    if (task := self.tasks.get(ins.key)) is not None:
+                        task.cancel.set()
+                case ReleaseOutput():
+                    self.store.release(ins.key)
+                case ReleaseRun():
+                    self.store.release_run(ins.run_id, ins.reason)
+                    shutil.rmtree(self.work_dir / ins.run_id, ignore_errors=True)
+                case SendReport():
+                    self._send(sock, ins.data)
+                case Register():
+                    log.warning("the coordinator declared this worker lost; joining again")
+                    self._send(sock, self._register_message())
+                case Joined():
+                    self.flight.set_token_key(ins.fetch_token_key)
+                    for module in ins.plugins:  # loading a module twice is a no-op
+                        self.registry.load_module(module)
+                    # The coordinator's interval wins: it is the one that declares workers dead.
+                    self.heartbeat_interval_s = ins.heartbeat_interval_s
+                case Stop():
+                    (log.error if ins.exit_code else log.info)(
+                        "worker %s stops: %s", self.worker_id, ins.reason
+                    )
+                    self._exit_code = ins.exit_code
 
     def _start_task(self, msg: p.AssignTask) -> None:
         spec = TaskSpec(
@@ -401,7 +408,6 @@ class Worker:
 
     def _run_task(self, task: TaskRun, inputs: dict[str, list[dict[str, object]]]) -> None:
         spec = task.spec
-        key = (spec.run_id, spec.task_id, spec.attempt)
         push = self._push_socket()
 
         def send(message: p.Message) -> None:
@@ -472,7 +478,6 @@ class Worker:
             )
         finally:
             shutil.rmtree(work_dir, ignore_errors=True)
-        self.tasks.pop(key, None)
         try:
             data = p.encode(reply)
         except Exception as exc:  # a result the protocol cannot carry (a plugin's numpy count, a Path)
@@ -488,8 +493,10 @@ class Worker:
                     step_id=task.current_step,
                 )
             )
-        with contextlib.suppress(zmq.ZMQError):
-            push.send(data)
+        with contextlib.suppress(zmq.ZMQError):  # the main loop forgets the task and sends this
+            push.send_multipart(
+                [b"end", spec.run_id.encode(), spec.task_id.encode(), b"%d" % spec.attempt, data]
+            )
 
     def _push_socket(self) -> zmq.Socket:
         """This pool thread's socket to the main loop (ZeroMQ sockets must stay on one thread)."""

@@ -92,10 +92,12 @@ class Register:
 
 @dataclass(frozen=True)
 class Joined:
-    """The coordinator welcomed this worker: load its plugins, follow its heartbeat interval."""
+    """The coordinator welcomed this worker: load its plugins, follow its heartbeat interval, check
+    fetch tokens with its key."""
 
     plugins: tuple[str, ...]
     heartbeat_interval_s: float
+    fetch_token_key: bytes = field(default=b"", repr=False)  # a secret
 
 
 @dataclass(frozen=True)
@@ -122,7 +124,7 @@ class WorkerState:
                 return self._task_ended(event)
             case p.Welcome():
                 self.phase = Phase.JOINED
-                return [Joined(tuple(event.plugins), event.heartbeat_interval_s)]
+                return [Joined(tuple(event.plugins), event.heartbeat_interval_s, event.fetch_token_key)]
             case p.Reject():
                 return self._rejected(event.reason)
             case p.AssignTask():

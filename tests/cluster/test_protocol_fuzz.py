@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 from osiris_flight import protocol as p
 from osiris_flight.cluster.client import Client
 from osiris_flight.components.registry import build_registry
+from osiris_flight.data import fetch_token
 from osiris_flight.oml.compile import compile_pipeline
 from osiris_flight.oml.plan import plan_manifest
 from tests.cluster.conftest import (
@@ -240,6 +241,7 @@ steps:
   - {id: two, component: filesystem.csv_writer, mode: write, depends_on: [extract], config: {path: out/2.csv}}
 """
 
+TOKEN_KEY = fetch_token.new_key()
 WORKER_SAMPLES: list[p.Message] = [
     p.Welcome("fw", 0.2, []),
     p.Reject("declared dead"),
@@ -271,7 +273,7 @@ class ActingCoordinator:
             message = p.decode(frame)  # what a worker sends must always decode
             if isinstance(message, p.Register):
                 self.register = message
-                self.send(p.encode(p.Welcome(message.worker_id, 0.2, [])))
+                self.send(p.encode(p.Welcome(message.worker_id, 0.2, [], TOKEN_KEY)))
             self.received.append(message)
 
     def send(self, frame: bytes) -> None:
@@ -318,6 +320,9 @@ def test_fuzzed_messages_never_stop_a_worker(tmp_path: Path) -> None:
             assert worker.poll() is None, "the worker died"
 
         attack()
+        # The fuzzing may have left the worker rejoining (a Reject) or holding another fetch-token key
+        # (a mutated Welcome, which only its coordinator can send): welcome it as its coordinator.
+        coordinator.send(p.encode(p.Welcome("fw", 0.2, [], TOKEN_KEY)))
         coordinator.received.clear()
         coordinator.wait_for(lambda m: isinstance(m, p.Heartbeat), "a heartbeat after the fuzzing")
 
@@ -344,7 +349,8 @@ def test_fuzzed_messages_never_stop_a_worker(tmp_path: Path) -> None:
             assert worker.poll() is None, "the worker died"
 
         fetch()
-        served = reader.do_get(flight.Ticket(p.encode_ticket(p.FetchOutput("ok", "s0", 0, 1)))).read_all()
+        ticket = fetch_token.mint(TOKEN_KEY, p.FetchOutput("ok", "s0", 0, 1), "reader", ttl_s=600)
+        served = reader.do_get(flight.Ticket(p.encode_ticket(ticket))).read_all()
         assert same_rows(served, table)
         reader.close()
         assert worker.poll() is None

@@ -16,6 +16,9 @@ import zmq.auth
 from osiris_flight import protocol as p
 from osiris_flight.cluster.client import Client
 from osiris_flight.cluster.curve import CurveKeys
+from osiris_flight.components.registry import build_registry
+from osiris_flight.oml.compile import compile_pipeline
+from osiris_flight.oml.plan import plan_manifest
 from tests.cluster.conftest import (
     BIN,
     cli_env,
@@ -80,6 +83,21 @@ steps:
     mode: write
     depends_on: [bad]
     config: {path: out/bad.csv}
+"""
+
+COPY = """
+oml_version: "0.2.0"
+name: copy
+steps:
+  - id: read
+    component: filesystem.csv_extractor
+    mode: read
+    config: {path: in.csv}
+  - id: write
+    component: filesystem.csv_writer
+    mode: write
+    depends_on: [read]
+    config: {path: out/copy.csv}
 """
 
 QUICK = """
@@ -306,9 +324,14 @@ def test_a_worker_key_cannot_submit_and_a_client_key_cannot_stop_the_coordinator
 ) -> None:
     address = cluster(tmp_path, keys, daemons, workers=0)
     worker = raw_socket(address, keys, "worker", "w-submit")
+    # A well-formed submission: refused for the sender's role, not for its shape.
+    (tmp_path / "copy.yaml").write_text(COPY)
+    registry = build_registry()
+    manifest = compile_pipeline(tmp_path / "copy.yaml", registry, environ={})
+    plan = plan_manifest(manifest, registry)
     for message in (
         p.ClusterStatusRequest(),
-        p.SubmitRun("r1", str(tmp_path / "run_logs"), {}, {}),
+        p.SubmitRun("r1", str(tmp_path / "run_logs"), manifest.to_dict(), plan.to_dict()),
         p.CancelRun("r1"),
     ):
         worker.send(p.encode(message))

@@ -31,7 +31,8 @@ def joined() -> WorkerState:
 
 def test_welcome_joins_with_the_coordinators_plugins_and_interval():
     state = WorkerState()
-    assert state.handle(p.Welcome("w1", 0.5, ["a", "b"])) == [Joined(("a", "b"), 0.5)]
+    assert state.handle(p.Welcome("w1", 0.5, ["a", "b"], b"k" * 32)) == [Joined(("a", "b"), 0.5, b"k" * 32)]
+    assert "kkkk" not in repr(Joined(("a",), 0.5, b"k" * 32))
     assert state.phase is Phase.JOINED
 
 
