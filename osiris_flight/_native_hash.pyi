@@ -1,0 +1,9 @@
+"""Type stub of the Cython module built from native/hash_partition.pyx."""
+
+import numpy as np
+
+NULL_HASH: int
+
+def xxh64(data: bytes) -> int: ...
+def hash_columns(specs: list[tuple[object, ...]], rows: int) -> np.ndarray: ...
+def bucket_order(hashes: np.ndarray, n_buckets: int) -> tuple[np.ndarray, np.ndarray]: ...
