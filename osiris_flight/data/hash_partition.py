@@ -396,12 +396,28 @@ def bucket_order(hashes: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     return _native_hash.bucket_order(np.ascontiguousarray(hashes, dtype=np.uint64), n)
 
 
+def _view_free(schema: pa.Schema) -> pa.Schema:
+    def plain(t: pa.DataType) -> pa.DataType:
+        if pa.types.is_string_view(t):
+            return pa.large_string()
+        if pa.types.is_binary_view(t):
+            return pa.large_binary()
+        return t
+
+    return pa.schema([f.with_type(plain(f.type)) for f in schema], metadata=schema.metadata)
+
+
 def _split(batch: pa.RecordBatch, indices: np.ndarray, offsets: np.ndarray) -> list[pa.RecordBatch]:
     # One take per bucket, not one take sliced n ways: each bucket owns its buffers, so a bucket
     # released (sent, spilled) frees its memory without waiting for its siblings.
-    return [
+    schema = batch.schema
+    plain = _view_free(schema)
+    if plain != schema:  # pyarrow has no take for string_view/binary_view: take their large twins
+        batch = batch.cast(plain)
+    parts = [
         batch.take(pa.array(indices[int(offsets[b]) : int(offsets[b + 1])])) for b in range(len(offsets) - 1)
     ]
+    return parts if plain == schema else [p.cast(schema) for p in parts]
 
 
 def partition_batch(batch: pa.RecordBatch, keys: Sequence[str], n: int) -> list[pa.RecordBatch]:
