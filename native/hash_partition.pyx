@@ -225,10 +225,20 @@ cdef extern from *:
 
     #define OF_VALID(c, i) (!(c)->validity || (((c)->validity[(i) >> 3] >> ((i) & 7)) & 1))
     #define OF_LOOP(EXPR) \\
-        for (r = 0; r < n; r++) { i = base + r; out[r * stride] = OF_VALID(c, i) ? (EXPR) : OF_NULL_HASH; }
+        if (!c->validity) { for (r = 0; r < n; r++) { i = base + r; out[r * stride] = (EXPR); } } \\
+        else { for (r = 0; r < n; r++) { i = base + r; out[r * stride] = OF_VALID(c, i) ? (EXPR) : OF_NULL_HASH; } }
 
     /* Value hashes of rows [start, start + n) of one column, written to out[0], out[stride], ...
        Returns 0, or -1 when a dictionary index is out of range. */
+    #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+    /* One copy per x86-64 level, chosen at load time: with AVX-512 (x86-64-v4) gcc runs the
+       fixed-width loops 8 rows per instruction (64-bit multiplies and rotates in vector registers). */
+    #define OF_CLONES __attribute__((target_clones("default", "arch=x86-64-v3", "arch=x86-64-v4")))
+    #else
+    #define OF_CLONES
+    #endif
+
+    OF_CLONES
     static int of_hash_column(const of_col* c, int64_t start, int64_t n, uint64_t* out, int64_t stride) {
         int64_t r, i, base = c->offset + start;
         const uint8_t* d = c->data;
@@ -305,7 +315,14 @@ cdef extern from *:
     /* Row hashes of n rows into out: one key column -> its value hash; several -> XXH64 (seed 0)
        of their value hashes as consecutive little-endian 8-byte words. Rows go in blocks so the
        per-block value hashes stay in cache. tmp holds block * ncols words. */
+    /* The bucket of row hash h among n: the high 64 bits of h * n (multiply-shift, Lemire 2019),
+       as even as h % n and one multiplication instead of a 64-bit division. */
+    static inline uint64_t of_bucket(uint64_t h, uint64_t n) {
+        return (uint64_t)(((unsigned __int128)h * n) >> 64);
+    }
+
     #define OF_BLOCK 1024
+    OF_CLONES
     static int of_hash_rows(const of_col* cols, int ncols, int64_t n, uint64_t* out, uint64_t* tmp) {
         int64_t start, r, m;
         int c;
@@ -320,8 +337,12 @@ cdef extern from *:
             m = n - start < OF_BLOCK ? n - start : OF_BLOCK;
             for (c = 0; c < ncols; c++)
                 if (of_hash_column(&cols[c], start, m, tmp + c, ncols) != 0) return -1;
-            for (r = 0; r < m; r++)
-                out[start + r] = of_xxh64((const uint8_t*)(tmp + r * ncols), (size_t)(8 * ncols), 0);
+            if (ncols == 2) {
+                for (r = 0; r < m; r++) out[start + r] = of_xxh64_u64x2(tmp[2 * r], tmp[2 * r + 1]);
+            } else {
+                for (r = 0; r < m; r++)
+                    out[start + r] = of_xxh64((const uint8_t*)(tmp + r * ncols), (size_t)(8 * ncols), 0);
+            }
         }
         return 0;
     }
@@ -339,6 +360,7 @@ cdef extern from *:
         int64_t dict_len
 
     uint64_t of_xxh64(const uint8_t* p, size_t len, uint64_t seed) nogil
+    uint64_t of_bucket(uint64_t h, uint64_t n) nogil
     int of_hash_rows(const of_col* cols, int ncols, int64_t n, uint64_t* out, uint64_t* tmp) nogil
     int OF_BLOCK
 
@@ -416,7 +438,7 @@ def hash_columns(list specs, Py_ssize_t rows):
 
 
 def bucket_order(const uint64_t[::1] hashes, uint64_t n_buckets):
-    """Counting sort of row indices by bucket ``hash % n_buckets``, stable (row order kept).
+    """Counting sort of row indices by bucket ``(hash * n_buckets) >> 64``, stable (row order kept).
 
     Returns ``(indices, offsets)``: bucket ``b`` holds ``indices[offsets[b]:offsets[b + 1]]``.
     Indices are uint32 when there are fewer than 2**32 rows, else int64.
@@ -447,7 +469,7 @@ def bucket_order(const uint64_t[::1] hashes, uint64_t n_buckets):
     pos = cursor
     with nogil:
         for i in range(n):
-            b = hashes[i] % n_buckets
+            b = of_bucket(hashes[i], n_buckets)
             bucket[i] = <uint32_t> b
             counts[b + 1] += 1
         for i in range(<Py_ssize_t> n_buckets):

@@ -34,7 +34,11 @@ tests/data/test_hash_partition.py catch it):
   are not promised equal hashes: a join on such keys casts them to one type first.
 - **Row hash.** One key column: its value hash. Several: ``XXH64`` (seed 0) of their value hashes as
   consecutive 8-byte little-endian words, in key order.
-- **Bucket.** ``row_hash % n``.
+- **Bucket** among n: ``(row_hash * n) >> 64``, the high 64 bits of the 128-bit product
+  (multiply-shift, Lemire 2019): as even as ``row_hash % n`` and one multiplication instead of a
+  64-bit division, which cost more than the hash itself. It reads the hash's high bits; a second
+  level of partitioning (a spilled bucket split again) uses the low 64 bits of the product, or
+  another key order, never the same rule twice.
 
 ``hash_rows`` runs the Cython kernel (``osiris_flight._native_hash``, native/hash_partition.pyx),
 which reads the Arrow buffers directly without the GIL; ``reference_hash_rows`` is its pure twin
@@ -391,7 +395,7 @@ def reference_hash_rows(batch: Batch, keys: Sequence[str]) -> np.ndarray:
 
 # -- partitioning ------------------------------------------------------------------------------------
 def bucket_order(hashes: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row indices grouped by bucket ``hash % n``, row order kept in each: ``(indices, offsets)``,
+    """Row indices grouped by bucket ``(hash * n) >> 64``, row order kept in each: ``(indices, offsets)``,
     bucket ``b`` being ``indices[offsets[b]:offsets[b + 1]]`` (a counting sort in the kernel)."""
     return _native_hash.bucket_order(np.ascontiguousarray(hashes, dtype=np.uint64), n)
 
@@ -421,7 +425,7 @@ def _split(batch: pa.RecordBatch, indices: np.ndarray, offsets: np.ndarray) -> l
 
 
 def partition_batch(batch: pa.RecordBatch, keys: Sequence[str], n: int) -> list[pa.RecordBatch]:
-    """``batch`` split into ``n`` batches: bucket ``i`` holds the rows whose row hash % n == i, in
+    """``batch`` split into ``n`` batches: bucket ``i`` holds the rows whose bucket is ``i``, in
     their order in ``batch``; an empty bucket is a 0-row batch with the schema."""
     if n < 1:
         raise ValueError(f"hash partitioning needs at least 1 bucket, not {n}")
@@ -429,13 +433,23 @@ def partition_batch(batch: pa.RecordBatch, keys: Sequence[str], n: int) -> list[
     return _split(batch, indices, offsets)
 
 
+def bucket_of(hashes: np.ndarray, n: int) -> np.ndarray:
+    """The bucket (int64) of each row hash among ``n``: ``(hash * n) >> 64``, in 32-bit halves so
+    numpy needs no 128-bit integers (hi * n + (lo * n >> 32) < 2**64 for n < 2**32)."""
+    if not 1 <= n < 2**32:
+        raise ValueError(f"the number of buckets must be in 1..4294967295, not {n}")
+    h = np.asarray(hashes, dtype=np.uint64)
+    hi, lo, m = h >> np.uint64(32), h & np.uint64(0xFFFFFFFF), np.uint64(n)
+    return ((hi * m + ((lo * m) >> np.uint64(32))) >> np.uint64(32)).astype(np.int64)
+
+
 def reference_partition_batch(batch: pa.RecordBatch, keys: Sequence[str], n: int) -> list[pa.RecordBatch]:
     """``partition_batch`` from the reference hash, the split by a stable numpy argsort and take."""
     if n < 1:
         raise ValueError(f"hash partitioning needs at least 1 bucket, not {n}")
-    buckets = reference_hash_rows(batch, keys) % np.uint64(n)
+    buckets = bucket_of(reference_hash_rows(batch, keys), n)
     indices = np.argsort(buckets, kind="stable")
-    offsets = np.concatenate([[0], np.cumsum(np.bincount(buckets.astype(np.int64), minlength=n))])
+    offsets = np.concatenate([[0], np.cumsum(np.bincount(buckets, minlength=n))])
     return _split(batch, indices, offsets)
 
 

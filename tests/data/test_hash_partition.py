@@ -393,7 +393,7 @@ def test_partition_batch_puts_every_row_in_its_bucket_in_order(
         assert part.schema == batch.schema
         rows = part.column("__row").to_pylist()
         assert rows == sorted(rows)  # order kept within a bucket
-        assert all(int(hashes[r]) % n == b for r in rows)
+        assert all((int(hashes[r]) * n) >> 64 == b for r in rows)
         assert _nan_free(part).equals(_nan_free(batch).take(pa.array(rows, pa.int64())))
         seen += rows
     assert sorted(seen) == list(range(batch.num_rows))  # each row in exactly one bucket
@@ -414,8 +414,8 @@ def test_empty_buckets_are_zero_row_batches_with_the_schema() -> None:
 
 # -- spread over buckets -----------------------------------------------------------------------------
 def _bucket_counts(keys: pa.Array, n: int) -> np.ndarray:
-    hashes = hp.hash_rows(pa.record_batch({"k": keys}), ["k"])
-    return np.bincount((hashes % np.uint64(n)).astype(np.int64), minlength=n)
+    _, offsets = hp.bucket_order(hp.hash_rows(pa.record_batch({"k": keys}), ["k"]), n)
+    return np.diff(offsets)
 
 
 def _zipf_keys(distinct: int, exponent: float, rows: int, make: Callable[[np.ndarray], pa.Array]) -> pa.Array:
@@ -452,7 +452,7 @@ def test_zipf_keys_spread_over_buckets_as_a_random_function_would(
     values, per_key = np.unique(keys.to_numpy(zero_copy_only=False), return_counts=True)
     heavy = per_key >= len(keys) / n / 10
     heavy_hashes = hp.hash_rows(pa.record_batch({"k": pa.array(values[heavy], keys.type)}), ["k"])
-    heavy_counts = np.bincount((heavy_hashes % np.uint64(n)).astype(np.int64), per_key[heavy], minlength=n)
+    heavy_counts = np.bincount(hp.bucket_of(heavy_hashes, n), per_key[heavy], minlength=n)
     light = counts - heavy_counts
     mean = light.sum() / n
     sd = float(np.sqrt((per_key[~heavy].astype(np.float64) ** 2).sum() * (1 / n) * (1 - 1 / n)))
@@ -483,6 +483,18 @@ def test_a_single_hot_key_lands_in_one_bucket(record_property: Callable[[str, ob
     print(f"one key in 90% of rows over 8 buckets: skew {skew:.2f}")
     assert counts.max() >= 90_000
     assert skew >= 0.9 * 8 - 0.01
+
+
+@given(st.lists(st.integers(0, 2**64 - 1), max_size=50), st.integers(1, 2**32 - 1))
+def test_bucket_of_is_the_high_bits_of_hash_times_n(hashes: list[int], n: int) -> None:
+    array = np.array(hashes, dtype=np.uint64)
+    assert hp.bucket_of(array, n).tolist() == [(h * n) >> 64 for h in hashes]
+    indices, offsets = hp.bucket_order(array, n)
+    assert np.diff(offsets).sum() == len(hashes)
+    for b in {(h * n) >> 64 for h in hashes}:
+        assert indices[offsets[b] : offsets[b + 1]].tolist() == [
+            i for i, h in enumerate(hashes) if (h * n) >> 64 == b
+        ]
 
 
 def test_bucket_skew() -> None:
