@@ -165,8 +165,8 @@ def report(result: dict[str, Any]) -> str:
         "`reference_hash_rows`: pyarrow.compute + numpy, vectorized for fixed-width keys (a fair "
         "baseline there); for string keys it runs XXH64 in a Python loop per value, so it is timed on "
         f"the first {result['sample_rows']:,} rows and is no fair baseline: DuckDB's vectorized "
-        "`hash()` over the same rows (its own function; one query over all batches) stands beside it. *copy* is numpy copying "
-        "the key columns' buffers into fresh memory: the memory-speed yardstick. GB/s counts the key "
+        "`hash()` over the same rows (its own function; one query over all batches) stands beside it. "
+        "*copy* is numpy copying the key columns' buffers into fresh memory: the memory-speed yardstick. GB/s counts the key "
         "columns' bytes (hash, copy) or the whole batch's (partition, "
         f"{result['batch_bytes'] / 1e9:.2f} GB).\n",
     ]

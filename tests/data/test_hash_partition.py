@@ -485,10 +485,12 @@ def test_a_single_hot_key_lands_in_one_bucket(record_property: Callable[[str, ob
     assert skew >= 0.9 * 8 - 0.01
 
 
-@given(st.lists(st.integers(0, 2**64 - 1), max_size=50), st.integers(1, 2**32 - 1))
+@given(st.lists(st.integers(0, 2**64 - 1), max_size=50), st.integers(1, 2**32 - 1) | st.integers(1, 300))
 def test_bucket_of_is_the_high_bits_of_hash_times_n(hashes: list[int], n: int) -> None:
     array = np.array(hashes, dtype=np.uint64)
     assert hp.bucket_of(array, n).tolist() == [(h * n) >> 64 for h in hashes]
+    if n > 2**16:
+        return  # bucket_order holds n + 1 offsets
     indices, offsets = hp.bucket_order(array, n)
     assert np.diff(offsets).sum() == len(hashes)
     for b in {(h * n) >> 64 for h in hashes}:
