@@ -170,7 +170,8 @@ def report(result: dict[str, Any]) -> str:
         f"the first {result['sample_rows']:,} rows and is no fair baseline: DuckDB's vectorized "
         "`hash()` over the same rows (its own function; one query over all batches) stands beside it. "
         "*copy* is numpy copying the key columns' buffers into fresh memory, every copy kept as the "
-        "hashes are: the memory-speed yardstick. GB/s counts the key columns' bytes (hash, copy) or the whole batch's (partition, "
+        "hashes are: the memory-speed yardstick. GB/s counts the key columns' bytes (hash, copy) "
+        "or the whole batch's (partition, "
         f"{result['batch_bytes'] / 1e9:.2f} GB).\n",
     ]
     rows = []
