@@ -153,6 +153,7 @@ def measure_case(
 
 def measure(data: list[pa.RecordBatch]) -> dict[str, Any]:
     con = duckdb.connect()
+    con.execute("SET threads = 1")  # one core, as the kernel (a task's thread) uses
     return {name: measure_case(name, keys, data, con) for name, keys in CASES.items()}
 
 
@@ -168,7 +169,8 @@ def report(result: dict[str, Any]) -> str:
         "`reference_hash_rows`: pyarrow.compute + numpy, vectorized for fixed-width keys (a fair "
         "baseline there); for string keys it runs XXH64 in a Python loop per value, so it is timed on "
         f"the first {result['sample_rows']:,} rows and is no fair baseline: DuckDB's vectorized "
-        "`hash()` over the same rows (its own function; one query over all batches) stands beside it. "
+        "`hash()` over the same rows (its own function; one query over all batches, one thread, as the "
+        "kernel runs in one task's thread) stands beside it. "
         "*copy* is numpy copying the key columns' buffers into fresh memory, every copy kept as the "
         "hashes are: the memory-speed yardstick. GB/s counts the key columns' bytes (hash, copy) "
         "or the whole batch's (partition, "

@@ -15,7 +15,7 @@ if ! "$PY" -c 'import connectorx' 2>/dev/null; then
     "$PY" -m pip install --quiet connectorx || echo "   connectorx could not be installed; bench_mysql goes on without it"
 fi
 read -r load_start _ < /proc/loadavg
-for bench in bench_scheduling bench_throughput bench_memory bench_shrink bench_mysql bench_optimizer bench_flight_security; do
+for bench in bench_scheduling bench_throughput bench_memory bench_shrink bench_mysql bench_optimizer bench_flight_security bench_hash_partition; do
     echo "== $bench"
     t0=$(date +%s)
     "$PY" "bench/$bench.py" > "bench/.data/$bench.log" 2>&1 || { tail -30 "bench/.data/$bench.log"; exit 1; }

@@ -42,9 +42,10 @@ tests/data/test_hash_partition.py catch it):
 
 ``hash_rows`` runs the Cython kernel (``osiris_flight._native_hash``, native/hash_partition.pyx),
 which reads the Arrow buffers directly without the GIL; ``reference_hash_rows`` is its pure twin
-(pyarrow.compute + numpy, a Python loop only for decimals), written from this definition without the
-kernel's buffer arithmetic. Both raise ``TypeError`` naming the column and its type for a key of
-any other type (lists, structs, maps, unions, intervals, float16, run-end encoded, extension types).
+(pyarrow.compute + numpy; a Python loop per value for strings, binaries and decimals), written from
+this definition without the kernel's buffer arithmetic. Both raise ``TypeError`` naming the column
+and its type for a key of any other type (lists, structs, maps, unions, intervals, float16, run-end
+encoded, extension types).
 """
 
 from __future__ import annotations
