@@ -6,7 +6,7 @@ Per case and variant, the median of REPEAT runs:
   + numpy) for fixed-width keys, a fair baseline there; for strings it runs XXH64 in a Python loop
   per value, no fair baseline, so it is timed on the first SAMPLE_ROWS rows only, and DuckDB's own
   vectorized ``hash()`` over the same rows (one query) is shown beside it (another function, same job).
-- partition into BUCKETS: ``partition_batch`` (kernel hash + counting sort + one take per bucket) vs
+- partition into BUCKETS: ``partition_batch`` (kernel hash + counting sort + the kernel's gather) vs
   ``reference_partition_batch`` (reference hash + stable numpy argsort + the same takes).
 - memory speed: copying the key columns' buffers (numpy, into fresh memory, as the hash writes a fresh
   array), the yardstick the kernel is measured against.
@@ -229,8 +229,8 @@ def report(result: dict[str, Any]) -> str:
         md_table(
             [
                 "keys",
-                "kernel hash + counting sort + takes",
-                "reference + argsort + takes",
+                "kernel: hash + counting sort + gather",
+                "reference: hash + argsort + takes",
                 "speedup",
                 "hash share",
                 "split / copy time",
@@ -239,10 +239,11 @@ def report(result: dict[str, Any]) -> str:
         )
     )
     lines.append(
-        "\nThe split's time is mostly pyarrow's `take` (one per bucket, so each bucket owns its buffers); "
-        "the hash and the counting sort are the rest (*hash share*). *split / copy time* compares it with "
-        f"copying every buffer of the batches into fresh memory ({result['batch_copy']['gb_per_s']:.2f} GB/s, "
-        "the memory-speed yardstick of the split).\n"
+        "\nThe kernel's split gathers each bucket's rows column by column into buffers of its own (so a "
+        "bucket released frees its memory); the reference's is one pyarrow `take` per bucket. *hash share*: "
+        "the kernel's row hash in the kernel's split time. *split / copy time* compares the split with "
+        "copying every buffer of the batches into fresh memory "
+        f"({result['batch_copy']['gb_per_s']:.2f} GB/s, the split's memory-speed yardstick).\n"
     )
     return "\n".join(lines)
 

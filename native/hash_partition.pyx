@@ -10,8 +10,10 @@ GIL. Canonical bytes are little-endian; ``hash_partition.py`` refuses to load on
 
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t, uint8_t
 from libc.stdlib cimport free, malloc
+from libc.string cimport memset
 
 import numpy as np
+import pyarrow as pa
 
 cdef extern from *:
     """
@@ -487,3 +489,160 @@ def bucket_order(const uint64_t[::1] hashes, uint64_t n_buckets):
                 idx64[pos[b]] = i
                 pos[b] += 1
     return indices, offsets
+
+
+# -- the split: gathering each bucket's rows of one column into buffers of its own --------------------
+cdef extern from *:
+    """
+    /* Copy rows idx[0..n) of width-byte values from src to dst, in order. */
+    static void of_gather_fixed(const uint8_t* src, int64_t width, const int32_t* idx, int64_t n, uint8_t* dst) {
+        int64_t r;
+        switch (width) {
+            case 1: for (r = 0; r < n; r++) dst[r] = src[idx[r]]; break;
+            case 2: for (r = 0; r < n; r++) ((uint16_t*)dst)[r] = ((const uint16_t*)src)[idx[r]]; break;
+            case 4: for (r = 0; r < n; r++) ((uint32_t*)dst)[r] = ((const uint32_t*)src)[idx[r]]; break;
+            case 8: for (r = 0; r < n; r++) ((uint64_t*)dst)[r] = ((const uint64_t*)src)[idx[r]]; break;
+            case 16:
+                for (r = 0; r < n; r++) memcpy(dst + 16 * r, src + 16 * (int64_t)idx[r], 16);
+                break;
+            default:
+                for (r = 0; r < n; r++) memcpy(dst + width * r, src + width * (int64_t)idx[r], (size_t)width);
+        }
+    }
+
+    /* Bits at positions offset + idx[r] of src into bits r of dst (zeroed first); returns the
+       number of zero bits among the n gathered (the nulls, for a validity bitmap). */
+    static int64_t of_gather_bits(const uint8_t* src, int64_t offset, const int32_t* idx, int64_t n, uint8_t* dst) {
+        int64_t r, ones = 0;
+        memset(dst, 0, (size_t)((n + 7) / 8));
+        for (r = 0; r < n; r++) {
+            int64_t i = offset + idx[r];
+            uint8_t bit = (src[i >> 3] >> (i & 7)) & 1;
+            dst[r >> 3] |= (uint8_t)(bit << (r & 7));
+            ones += bit;
+        }
+        return n - ones;
+    }
+
+    /* Bytes of the values idx[0..n) of a binary column (offsets of offset_width bytes, the array's
+       offset already added to idx by the caller's base pointer). */
+    static int64_t of_binary_size(const uint8_t* offs, int offset_width, const int32_t* idx, int64_t n,
+                                  int64_t base) {
+        int64_t r, total = 0;
+        if (offset_width == 4) {
+            const int32_t* o = (const int32_t*)offs;
+            for (r = 0; r < n; r++) total += o[base + idx[r] + 1] - o[base + idx[r]];
+        } else {
+            const int64_t* o = (const int64_t*)offs;
+            for (r = 0; r < n; r++) total += o[base + idx[r] + 1] - o[base + idx[r]];
+        }
+        return total;
+    }
+
+    static void of_gather_binary(const uint8_t* offs, int offset_width, const uint8_t* data, const int32_t* idx,
+                                 int64_t n, int64_t base, uint8_t* dst_offs, uint8_t* dst_data) {
+        int64_t r, pos = 0;
+        if (offset_width == 4) {
+            const int32_t* o = (const int32_t*)offs;
+            int32_t* d = (int32_t*)dst_offs;
+            d[0] = 0;
+            for (r = 0; r < n; r++) {
+                int64_t i = base + idx[r], len = o[i + 1] - o[i];
+                memcpy(dst_data + pos, data + o[i], (size_t)len);
+                pos += len;
+                d[r + 1] = (int32_t)pos;
+            }
+        } else {
+            const int64_t* o = (const int64_t*)offs;
+            int64_t* d = (int64_t*)dst_offs;
+            d[0] = 0;
+            for (r = 0; r < n; r++) {
+                int64_t i = base + idx[r], len = o[i + 1] - o[i];
+                memcpy(dst_data + pos, data + o[i], (size_t)len);
+                pos += len;
+                d[r + 1] = pos;
+            }
+        }
+    }
+    """
+    void of_gather_fixed(const uint8_t* src, int64_t width, const int32_t* idx, int64_t n, uint8_t* dst) nogil
+    int64_t of_gather_bits(const uint8_t* src, int64_t offset, const int32_t* idx, int64_t n, uint8_t* dst) nogil
+    int64_t of_binary_size(const uint8_t* offs, int offset_width, const int32_t* idx, int64_t n, int64_t base) nogil
+    void of_gather_binary(const uint8_t* offs, int offset_width, const uint8_t* data, const int32_t* idx,
+                          int64_t n, int64_t base, uint8_t* dst_offs, uint8_t* dst_data) nogil
+
+
+cdef inline uint8_t* _wptr(object buffer):
+    return <uint8_t*> <size_t> buffer.address
+
+
+def split_bits(object address, int64_t offset, const int32_t[::1] indices, const int64_t[::1] offsets):
+    """Per bucket, ``(bitmap buffer, zero bits)``: bits ``offset + indices[...]`` of the bitmap at
+    ``address``, gathered bucket by bucket (a validity bitmap: the zero bits are the nulls)."""
+    cdef Py_ssize_t b, nb = offsets.shape[0] - 1
+    cdef int64_t start, n, zeros
+    cdef const uint8_t* src = _ptr(address)
+    cdef uint8_t* dst
+    out = []
+    for b in range(nb):
+        start = offsets[b]
+        n = offsets[b + 1] - start
+        buf = pa.allocate_buffer((n + 7) // 8)
+        dst = _wptr(buf)
+        with nogil:
+            zeros = of_gather_bits(src, offset, &indices[0] + start if n else NULL, n, dst) if n else 0
+        out.append((buf, zeros))
+    return out
+
+
+def split_fixed(object address, int64_t width, const int32_t[::1] indices, const int64_t[::1] offsets):
+    """Per bucket, a buffer of its rows' ``width``-byte values (``address`` points at the array's first
+    value, its offset already applied)."""
+    cdef Py_ssize_t b, nb = offsets.shape[0] - 1
+    cdef int64_t start, n
+    cdef const uint8_t* src = _ptr(address)
+    cdef uint8_t* dst
+    out = []
+    for b in range(nb):
+        start = offsets[b]
+        n = offsets[b + 1] - start
+        buf = pa.allocate_buffer(n * width)
+        if n:
+            dst = _wptr(buf)
+            with nogil:
+                of_gather_fixed(src, width, &indices[0] + start, n, dst)
+        out.append(buf)
+    return out
+
+
+def split_binary(object offsets_address, int offset_width, object data_address, int64_t base,
+                 const int32_t[::1] indices, const int64_t[::1] offsets):
+    """Per bucket, ``(offsets buffer, data buffer)`` of its rows of a binary/string column
+    (``base``: the array's offset)."""
+    cdef Py_ssize_t b, nb = offsets.shape[0] - 1
+    cdef int64_t start, n, size
+    cdef const uint8_t* offs = _ptr(offsets_address)
+    cdef const uint8_t* data = _ptr(data_address)
+    cdef uint8_t* dst_offs
+    cdef uint8_t* dst_data
+    cdef const int32_t* idx
+    out = []
+    for b in range(nb):
+        start = offsets[b]
+        n = offsets[b + 1] - start
+        idx = &indices[0] + start if n else NULL
+        with nogil:
+            size = of_binary_size(offs, offset_width, idx, n, base) if n else 0
+        if offset_width == 4 and size > 2147483647:
+            raise OverflowError("a bucket of a string/binary column exceeds 2 GiB")
+        obuf = pa.allocate_buffer((n + 1) * offset_width)
+        dbuf = pa.allocate_buffer(size)
+        dst_offs = _wptr(obuf)
+        dst_data = _wptr(dbuf) if size else NULL
+        with nogil:
+            if n:
+                of_gather_binary(offs, offset_width, data, idx, n, base, dst_offs, dst_data)
+            else:
+                memset(dst_offs, 0, offset_width)
+        out.append((obuf, dbuf))
+    return out

@@ -412,17 +412,83 @@ def _view_free(schema: pa.Schema) -> pa.Schema:
     return pa.schema([f.with_type(plain(f.type)) for f in schema], metadata=schema.metadata)
 
 
-def _split(batch: pa.RecordBatch, indices: np.ndarray, offsets: np.ndarray) -> list[pa.RecordBatch]:
-    # One take per bucket, not one take sliced n ways: each bucket owns its buffers, so a bucket
-    # released (sent, spilled) frees its memory without waiting for its siblings.
+def _split(
+    batch: pa.RecordBatch,
+    indices: np.ndarray,
+    offsets: np.ndarray,
+    gather: Callable[[pa.RecordBatch, np.ndarray, np.ndarray], list[pa.RecordBatch]],
+) -> list[pa.RecordBatch]:
     schema = batch.schema
     plain = _view_free(schema)
-    if plain != schema:  # pyarrow has no take for string_view/binary_view: take their large twins
+    if plain != schema:  # pyarrow has no take for string_view/binary_view: split their large twins
         batch = batch.cast(plain)
-    parts = [
+    parts = gather(batch, indices, offsets)
+    return parts if plain == schema else [p.cast(schema) for p in parts]
+
+
+def _gather_take(batch: pa.RecordBatch, indices: np.ndarray, offsets: np.ndarray) -> list[pa.RecordBatch]:
+    """One pyarrow take per bucket (the reference's split, and the kernel's for other types)."""
+    return [
         batch.take(pa.array(indices[int(offsets[b]) : int(offsets[b + 1])])) for b in range(len(offsets) - 1)
     ]
-    return parts if plain == schema else [p.cast(schema) for p in parts]
+
+
+def _gather_native(batch: pa.RecordBatch, indices: np.ndarray, offsets: np.ndarray) -> list[pa.RecordBatch]:
+    """Each bucket's rows gathered column by column into buffers of its own by the kernel (fixed-width,
+    boolean, binary/string and dictionary columns; any other column by pyarrow's take)."""
+    if indices.dtype != np.int32:  # 2**31 rows or more
+        return _gather_take(batch, indices, offsets)
+    counts = np.diff(offsets)
+    columns: list[list[pa.Array]] = [[] for _ in counts]
+    for array in batch.columns:
+        for b, part in enumerate(_split_array(array, indices, offsets, counts)):
+            columns[b].append(part)
+    return [pa.RecordBatch.from_arrays(cols, schema=batch.schema) for cols in columns]
+
+
+def _split_array(
+    array: pa.Array, indices: np.ndarray, offsets: np.ndarray, counts: np.ndarray
+) -> list[pa.Array]:
+    t = array.type
+    if pa.types.is_dictionary(t):
+        assert isinstance(array, pa.DictionaryArray)
+        return [
+            pa.DictionaryArray.from_buffers(t, len(p), p.buffers(), array.dictionary, p.null_count)
+            for p in _split_array(array.indices, indices, offsets, counts)
+        ]
+    if pa.types.is_null(t):
+        return [pa.nulls(int(n)) for n in counts]
+    buffers = array.buffers()
+    fixed = pa.types.is_primitive(t) and not pa.types.is_boolean(t)
+    fixed = fixed or pa.types.is_decimal(t) or pa.types.is_fixed_size_binary(t)
+    binary = pa.types.is_string(t) or pa.types.is_binary(t) or pa.types.is_large_string(t)
+    binary = binary or pa.types.is_large_binary(t)
+    if len(buffers) != (3 if binary else 2) or not (fixed or binary or pa.types.is_boolean(t)):
+        return [
+            array.take(pa.array(indices[int(offsets[b]) : int(offsets[b + 1])])) for b in range(len(counts))
+        ]
+    if array.null_count:
+        validity = _native_hash.split_bits(buffers[0].address, array.offset, indices, offsets)
+    else:
+        validity = [(None, 0) for _ in counts]
+    if binary:
+        width = 8 if pa.types.is_large_string(t) or pa.types.is_large_binary(t) else 4
+        data = _native_hash.split_binary(
+            buffers[1].address, width, _address(buffers[2]), array.offset, indices, offsets
+        )
+        return [
+            pa.Array.from_buffers(t, int(n), [v, o, d], null_count=z)
+            for n, (v, z), (o, d) in zip(counts, validity, data, strict=True)
+        ]
+    if pa.types.is_boolean(t):
+        bits = [buf for buf, _ in _native_hash.split_bits(buffers[1].address, array.offset, indices, offsets)]
+    else:
+        width = t.byte_width if pa.types.is_fixed_size_binary(t) else t.bit_width // 8
+        bits = _native_hash.split_fixed(buffers[1].address + array.offset * width, width, indices, offsets)
+    return [
+        pa.Array.from_buffers(t, int(n), [v, d], null_count=z)
+        for n, (v, z), d in zip(counts, validity, bits, strict=True)
+    ]
 
 
 def partition_batch(batch: pa.RecordBatch, keys: Sequence[str], n: int) -> list[pa.RecordBatch]:
@@ -431,7 +497,7 @@ def partition_batch(batch: pa.RecordBatch, keys: Sequence[str], n: int) -> list[
     if n < 1:
         raise ValueError(f"hash partitioning needs at least 1 bucket, not {n}")
     indices, offsets = bucket_order(hash_rows(batch, keys), n)
-    return _split(batch, indices, offsets)
+    return _split(batch, indices, offsets, _gather_native)
 
 
 def bucket_of(hashes: np.ndarray, n: int) -> np.ndarray:
@@ -451,7 +517,7 @@ def reference_partition_batch(batch: pa.RecordBatch, keys: Sequence[str], n: int
     buckets = bucket_of(reference_hash_rows(batch, keys), n)
     indices = np.argsort(buckets, kind="stable")
     offsets = np.concatenate([[0], np.cumsum(np.bincount(buckets, minlength=n))])
-    return _split(batch, indices, offsets)
+    return _split(batch, indices, offsets, _gather_take)
 
 
 def bucket_skew(counts: Sequence[int] | np.ndarray) -> float:
