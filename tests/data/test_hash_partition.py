@@ -403,6 +403,24 @@ def test_partition_batch_puts_every_row_in_its_bucket_in_order(
     ]
 
 
+def test_payload_columns_of_any_type_travel_with_their_rows() -> None:
+    """Only the keys need a hash; the split carries every other column too (float16 and intervals by
+    the kernel's fixed-width gather, lists and structs by pyarrow's take), offsets included."""
+    batch = pa.record_batch(
+        {
+            "k": pa.array(range(40)),
+            "half": pa.array(np.arange(40, dtype=np.float16)),
+            "span": pa.array([pa.MonthDayNano([i, 2, 3]) for i in range(40)]),
+            "list": pa.array([[i, None] if i % 3 else None for i in range(40)]),
+            "struct": pa.array([{"a": i, "b": str(i)} for i in range(40)]),
+        }
+    ).slice(3, 30)
+    parts = hp.partition_batch(batch, ["k"], 4)
+    expected = hp.reference_partition_batch(batch, ["k"], 4)
+    assert [p.num_rows for p in parts] == [e.num_rows for e in expected]
+    assert all(p.equals(e) for p, e in zip(parts, expected, strict=True))
+
+
 def test_empty_buckets_are_zero_row_batches_with_the_schema() -> None:
     batch = pa.record_batch({"k": pa.array([7, 7, 7]), "v": pa.array(["a", "b", "c"])})
     parts = hp.partition_batch(batch, ["k"], 5)
