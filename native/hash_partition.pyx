@@ -232,7 +232,7 @@ cdef extern from *:
 
     /* Value hashes of rows [start, start + n) of one column, written to out[0], out[stride], ...
        Returns 0, or -1 when a dictionary index is out of range. */
-    #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+    #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11  /* x86-64-vN: gcc 11 */
     /* One copy per x86-64 level, chosen at load time: with AVX-512 (x86-64-v4) gcc runs the
        fixed-width loops 8 rows per instruction (64-bit multiplies and rotates in vector registers). */
     #define OF_CLONES __attribute__((target_clones("default", "arch=x86-64-v3", "arch=x86-64-v4")))
@@ -451,7 +451,6 @@ def bucket_order(const uint64_t[::1] hashes, uint64_t n_buckets):
     cdef uint64_t b
     cdef int64_t[::1] counts
     cdef int64_t[::1] pos
-    cdef uint32_t[::1] bucket
     cdef int32_t[::1] idx32
     cdef int64_t[::1] idx64
     cdef bint small = n < 2147483648
@@ -459,8 +458,6 @@ def bucket_order(const uint64_t[::1] hashes, uint64_t n_buckets):
         raise ValueError(f"the number of buckets must be in 1..4294967295, not {n_buckets}")
     offsets = np.zeros(n_buckets + 1, dtype=np.int64)
     counts = offsets
-    bucket_arr = np.empty(n, dtype=np.uint32)
-    bucket = bucket_arr
     indices = np.empty(n, dtype=np.int32 if small else np.int64)
     if n == 0:
         return indices, offsets
@@ -472,20 +469,18 @@ def bucket_order(const uint64_t[::1] hashes, uint64_t n_buckets):
     pos = cursor
     with nogil:
         for i in range(n):
-            b = of_bucket(hashes[i], n_buckets)
-            bucket[i] = <uint32_t> b
-            counts[b + 1] += 1
+            counts[of_bucket(hashes[i], n_buckets) + 1] += 1
         for i in range(<Py_ssize_t> n_buckets):
             counts[i + 1] += counts[i]
             pos[i] = counts[i]
         if small:
-            for i in range(n):
-                b = bucket[i]
+            for i in range(n):  # recomputing the bucket (a multiply) beats storing and reloading it
+                b = of_bucket(hashes[i], n_buckets)
                 idx32[pos[b]] = <int32_t> i
                 pos[b] += 1
         else:
             for i in range(n):
-                b = bucket[i]
+                b = of_bucket(hashes[i], n_buckets)
                 idx64[pos[b]] = i
                 pos[b] += 1
     return indices, offsets
