@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run every benchmark once (about 14 minutes on 2 cores) and summarise the figures in bench/results/README.md.
+# Run every benchmark once (about 16 minutes on 2 cores) and summarise the figures in bench/results/README.md.
 # Test data is generated once into bench/.data/ (gitignored; ~1 GB with the Parquet files), and the MySQL
 # tables once into the databases osiris_bench and osiris_bench_opt of the MariaDB at
 # OSIRIS_TEST_MYSQL_HOST/PORT (127.0.0.1:3306).
