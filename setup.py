@@ -10,6 +10,9 @@ setup(
             Extension(
                 "osiris_flight._native_mysql_binary", ["native/mysql_binary.pyx"], extra_compile_args=["-O3"]
             ),
+            Extension(
+                "osiris_flight._native_hash", ["native/hash_partition.pyx"], extra_compile_args=["-O3"]
+            ),
         ],
         compiler_directives={"language_level": "3"},
     )

@@ -232,6 +232,32 @@ def main() -> None:
                     verdict(1 - ratio <= fs["goal_max_loss"]) if link == "loopback" else "-",
                 ]
             )
+    hpart = load("hash_partition")
+    if hpart:
+        for name, c in hpart["cases"].items():
+            h, part = c["hash"], c["partition"]
+            sampled = " (Python loop, sample)" if h["reference"]["rows"] < hpart["rows"] else ""
+            rows.append(
+                [
+                    f"[hash partition](hash_partition.md): row hash, {name} key, {hpart['rows']:,} rows",
+                    f"{h['native']['rows_per_s'] / 1e6:,.0f} M rows/s ({fmt(h['native']['gb_per_s'])} GB/s; "
+                    f"{fmt(c['hash_vs_memcpy'], 1)}x a copy of the keys)",
+                    f"reference {h['reference']['rows_per_s'] / 1e6:,.2f} M rows/s{sampled}",
+                    f"{fmt(c['hash_speedup'], 1)}x",
+                    "memory speed (reported)",
+                    "-",
+                ]
+            )
+            rows.append(
+                [
+                    f"[hash partition](hash_partition.md): split into {hpart['buckets']}, {name} key",
+                    f"{part['native']['rows_per_s'] / 1e6:,.1f} M rows/s",
+                    f"reference {part['reference']['rows_per_s'] / 1e6:,.2f} M rows/s{sampled}",
+                    f"{fmt(c['partition_speedup'], 1)}x",
+                    "reported",
+                    "-",
+                ]
+            )
     lines.append(md_table(["benchmark", "engine", "baseline", "ratio", "goal", "verdict"], rows))
     lines.append(
         "\n![scheduling](scheduling.png)\n\n![throughput](throughput.png)\n\n![memory](memory.png)\n"
