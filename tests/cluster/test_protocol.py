@@ -17,6 +17,7 @@ from osiris_flight import protocol as p
 from osiris_flight.cluster.client import Client
 from osiris_flight.cluster.submission import InvalidSubmission, parse_submission
 from osiris_flight.errors import ProtocolError
+from osiris_flight.wire_schema import schema_of
 from tests.cluster.conftest import start_coordinator
 
 BIN = Path(sys.executable).parent
@@ -387,7 +388,7 @@ def test_decode_checks_every_field_type(data: bytes, error: str) -> None:
 def test_every_message_type_has_a_checker() -> None:
     """Each registered op compiles into a checker (an unsupported annotation fails here, not in a daemon)."""
     for cls in p._REGISTRY.values():
-        schema = p._schema(cls)
+        schema = schema_of(cls)
         assert [name for name, _ in schema.checks] == [f.name for f in dataclasses.fields(cls)]
 
 
