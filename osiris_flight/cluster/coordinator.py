@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import signal
-import subprocess
 import sys
 import time
 import traceback
@@ -31,6 +30,7 @@ import zmq
 
 from osiris_flight import protocol as p
 from osiris_flight.cluster import scheduler as s
+from osiris_flight.cluster.child_workers import ChildWorkers
 from osiris_flight.cluster.curve import CurveKeys, KeyRoles, is_loopback, secure_server
 from osiris_flight.cluster.private_dir import flight_socket, private_umask
 from osiris_flight.cluster.roles import (
@@ -106,12 +106,6 @@ class ActiveRun:
     disk_failed: bool = False  # its run directory broke: the run is being cancelled
 
 
-@dataclass
-class LocalChild:
-    worker_id: str
-    process: subprocess.Popen[bytes]
-
-
 class Coordinator:
     def __init__(self, options: CoordinatorOptions) -> None:
         self.options = options
@@ -123,8 +117,6 @@ class Coordinator:
         self.workers: dict[str, WorkerInfo] = {}
         self.runs: dict[str, ActiveRun] = {}
         self._token_key = fetch_token.new_key()  # signs Flight tickets; workers get it in Welcome
-        self.children: dict[int, LocalChild] = {}
-        self._respawns = 0
         self._zmq = zmq.Context()
         self.sock = self._zmq.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 1000)
@@ -157,6 +149,7 @@ class Coordinator:
             )
         self.poller = zmq.Poller()
         self.poller.register(self.sock, zmq.POLLIN)
+        self.children = ChildWorkers(self.poller, self._worker_command, options.max_respawns)
         self._stop = False
         self._shutdown_requested_by: bytes | None = None
 
@@ -165,7 +158,7 @@ class Coordinator:
         signal.signal(signal.SIGTERM, lambda *_: self._request_stop())
         signal.signal(signal.SIGINT, lambda *_: self._request_stop())
         for index in range(self.options.spawn_workers):
-            self._spawn(f"local-{index}")
+            self.children.spawn(f"local-{index}")
         if on_ready is not None:
             on_ready(self.address)
         try:
@@ -196,8 +189,9 @@ class Coordinator:
                         self._handling_failed(identity, frame, exc)
             for fd in events:
                 if isinstance(fd, int):
-                    self._drain_child_pipe(fd)
-            self._reap_children()
+                    self.children.drain(fd)
+            for worker_id, reason in self.children.reap(respawn=not self._stop):
+                self._lose_worker(worker_id, reason)
             now = time.monotonic()
             self._check_heartbeats(now)
             self._feed(s.Tick(now))
@@ -217,13 +211,7 @@ class Coordinator:
             self._execute(self.scheduler.handle(s.RunCancelled(run_id, reason, now, drain=False)))
         for worker in self.workers.values():
             self._send(worker.identity, p.Shutdown("coordinator stopping"))
-        deadline = time.monotonic() + 5.0
-        for child in self.children.values():
-            try:
-                child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                child.process.kill()
-                child.process.wait()
+        self.children.wait(timeout_s=5.0)
         if self._shutdown_requested_by is not None:
             self._send(self._shutdown_requested_by, p.Shutdown("coordinator stopped"))
         self.sock.close(linger=500)
@@ -235,7 +223,8 @@ class Coordinator:
         return self.options.parent_pid is not None and os.getppid() != self.options.parent_pid
 
     # -- local worker processes ----------------------------------------------------------------
-    def _spawn(self, worker_id: str) -> None:
+    def _worker_command(self, worker_id: str) -> list[str]:
+        """The argv of a local worker process (ChildWorkers starts it)."""
         o = self.options
         cmd = [
             sys.executable,
@@ -268,38 +257,7 @@ class Coordinator:
             cmd += ["--curve-secret-key", o.curve.secret_key, "--curve-server-key", o.curve.secret_key]
         else:  # as insecure as their coordinator, which said so in its log
             cmd += ["--insecure"]
-        process = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent
-        )
-        self.children[process.pid] = LocalChild(worker_id, process)
-        assert process.stdout is not None
-        os.set_blocking(process.stdout.fileno(), False)
-        self.poller.register(process.stdout.fileno(), zmq.POLLIN)
-        log.info("started local worker %s (pid %d)", worker_id, process.pid)
-
-    def _drain_child_pipe(self, fd: int) -> None:
-        """A child's stdout is watched only to see its exit at once (EOF); discard what it prints."""
-        try:
-            while os.read(fd, 65536):
-                pass
-        except (BlockingIOError, OSError):
-            pass
-
-    def _reap_children(self) -> None:
-        for pid, child in list(self.children.items()):
-            code = child.process.poll()
-            if code is None:
-                continue
-            del self.children[pid]
-            if child.process.stdout is not None:
-                self.poller.unregister(child.process.stdout.fileno())
-                child.process.stdout.close()
-            reason = f"process {pid} exited with {_describe_exit(code)}"
-            self._lose_worker(child.worker_id, reason)
-            if not self._stop and self._respawns < self.options.max_respawns:
-                self._respawns += 1
-                generation = self._respawns
-                self._spawn(f"{child.worker_id.split('.')[0]}.{generation}")
+        return cmd
 
     # -- messages ------------------------------------------------------------------------------
     def _send(self, identity: bytes, message: p.Message) -> None:
@@ -672,22 +630,3 @@ def _connection_refs(value: Any) -> list[str]:
     if isinstance(value, list):
         return [r for v in value for r in _connection_refs(v)]
     return []
-
-
-def _describe_exit(code: int) -> str:
-    if code < 0:
-        try:
-            return signal.Signals(-code).name
-        except ValueError:
-            return f"signal {-code}"
-    return f"code {code}"
-
-
-def _die_with_parent() -> None:
-    """In a local child: get SIGTERM when the coordinator dies, however it dies (Linux prctl)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass

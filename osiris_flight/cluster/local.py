@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from osiris_flight.cluster import private_dir
+from osiris_flight.cluster.child_workers import die_with_parent
 from osiris_flight.cluster.client import Client, CoordinatorUnreachable
-from osiris_flight.cluster.coordinator import _die_with_parent
 from osiris_flight.config import Config
 
 
@@ -75,7 +75,7 @@ class LocalCluster:
             stdin=subprocess.DEVNULL,
             text=True,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         assert self.process.stdout is not None
         line = self.process.stdout.readline().strip()
