@@ -41,6 +41,8 @@ PROTOCOL_VERSION = 4
 #   valid token.
 # - Welcome gains fetch_token_key: the coordinator's HMAC key that the worker's Flight server checks
 #   tokens with (a secret: travels only inside CURVE or the embedded cluster's private link).
+# - Reject gains rejoin: only a Reject with rejoin set tells a worker it is not registered (declared
+#   lost) and must register again; any other Reject refused that one message and nothing more.
 # - Every field is checked against its declared type and bounds on decode, ids are single safe path
 #   components, and frames are limited to MAX_MESSAGE_BYTES: a v3 peer sending loose types is refused.
 # Retired in v3: TaskFinished.spills (a spill is reported when it happens, OutputSpilled: an output
@@ -166,6 +168,16 @@ def decode(data: bytes) -> Message:
             except Mismatch as exc:
                 raise ProtocolError(f"{op}: field {name}{exc.where()} {exc.problem}") from None
     return cls(**body)
+
+
+def encode_checked(message: Message) -> bytes:
+    """Encode, having checked the fields as the receiver's ``decode`` will: for messages carrying
+    what components produced (events, metrics, checkpoint state, counters), which msgpack would
+    encode although the protocol refuses it (a map with int keys, nesting past MAX_NESTING).
+    ProtocolError names the op and field."""
+    data = encode(message)
+    decode(data)
+    return data
 
 
 def peek_op(data: bytes) -> str:
@@ -318,10 +330,16 @@ class Welcome(Message):
 
 @dataclass(frozen=True)
 class Reject(Message):
-    """Sent instead of Welcome (or in reply to any unacceptable message), with the reason."""
+    """Sent instead of Welcome, or in reply to any message the coordinator refuses, with the reason.
+
+    ``rejoin``: the sender is not (any more) a registered worker, e.g. it was declared lost while
+    paused: it must drop its work and register again. Without it, only that one message was refused
+    and the sender goes on as it was.
+    """
 
     op: ClassVar[str] = "reject"
     reason: str
+    rejoin: bool = False
 
 
 @dataclass(frozen=True)

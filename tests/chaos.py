@@ -59,6 +59,9 @@ class Flaky(Transform):
             raise TerminalError(
                 f"step '{self.ctx.step_id}': {self.config.get('message', 'terminal failure')}{echoed}"
             )
+        if self.config.get("unreportable_event"):
+            # An event msgpack encodes but the protocol refuses (a map with int keys).
+            self.ctx.log_event("histogram", buckets={0: 1, 1: 2})
         if self.ctx.attempt < int(self.config.get("succeed_on_attempt", 1)):
             raise TransientError(
                 f"step '{self.ctx.step_id}': transient failure on attempt {self.ctx.attempt}"
@@ -93,6 +96,7 @@ COMPONENTS = [
                 "terminal": {"type": "boolean"},
                 "message": {"type": "string"},
                 "api_token": {"type": "string"},
+                "unreportable_event": {"type": "boolean"},
             },
         },
         min_inputs=1,

@@ -50,9 +50,9 @@ def _or_exit(make: Callable[[], T]) -> T:
 
 def _require_keys(address: str, flag: str, keys_flags: str, insecure: bool) -> None:
     """Exit 2 when ``address`` reaches beyond this host and CURVE is off, unless ``--insecure``."""
-    from osiris_flight.cluster.curve import is_loopback
+    from osiris_flight.hosts import stays_on_host
 
-    if is_loopback(address):
+    if stays_on_host(address):
         return
     if insecure:
         logging.getLogger("osiris_flight.daemons").warning(
@@ -244,7 +244,8 @@ def worker_main(
     """Run a worker: joins a coordinator, runs tasks, serves outputs over Arrow Flight."""
     from osiris_flight.cluster.curve import client_keys, curve_keys
     from osiris_flight.cluster.worker import Worker, WorkerOptions
-    from osiris_flight.data.tls import is_loopback, load_flight_tls
+    from osiris_flight.data.tls import load_flight_tls
+    from osiris_flight.hosts import is_loopback
 
     _logging(log_level)
     allocator.tune()

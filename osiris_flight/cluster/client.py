@@ -10,11 +10,18 @@ import zmq
 
 from osiris_flight import protocol as p
 from osiris_flight.cluster.curve import CurveKeys, secure_client
-from osiris_flight.errors import OsirisFlightError
+from osiris_flight.errors import EXIT_INVALID_INPUT, OsirisFlightError
 
 
 class CoordinatorUnreachable(OsirisFlightError):
     pass
+
+
+class CoordinatorRefused(CoordinatorUnreachable):
+    """The coordinator answered with Reject: this key may not do that (its role), or the request was
+    malformed. Its reason is the message."""
+
+    exit_code = EXIT_INVALID_INPUT
 
 
 class Client:
@@ -67,6 +74,8 @@ class Client:
             message = self.receive(deadline - time.monotonic())
             if isinstance(message, p.ClusterStatus):
                 return message
+            if isinstance(message, p.Reject):
+                raise CoordinatorRefused(f"the coordinator at {self.address} refused: {message.reason}")
         raise CoordinatorUnreachable(
             f"no answer from the coordinator at {self.address} in {timeout_s:.0f} s ({self._silence_hint()})"
         )
@@ -116,6 +125,12 @@ class Client:
                 yield p.RunEvents(submit.run_id, [{"event": "tick"}])
                 continue
             last_heard, pinged = now, False
+            if isinstance(message, p.Reject):
+                if not accepted:  # the submission itself was refused (this key's role, its shape)
+                    raise CoordinatorRefused(
+                        f"the coordinator at {self.address} refused run {submit.run_id}: {message.reason}"
+                    )
+                continue
             if getattr(message, "run_id", submit.run_id) != submit.run_id:
                 continue
             if isinstance(message, p.RunAccepted):

@@ -31,7 +31,7 @@ import zmq
 from osiris_flight import protocol as p
 from osiris_flight.cluster import scheduler as s
 from osiris_flight.cluster.child_workers import ChildWorkers
-from osiris_flight.cluster.curve import CurveKeys, KeyRoles, is_loopback, secure_server
+from osiris_flight.cluster.curve import CurveKeys, KeyRoles, secure_server
 from osiris_flight.cluster.private_dir import flight_socket, private_umask
 from osiris_flight.cluster.roles import (
     ALL_ROLES,
@@ -141,12 +141,6 @@ class Coordinator:
                 )
             ) from None
         self.address = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        if options.curve is None and not is_loopback(options.bind):
-            log.warning(
-                "INSECURE: %s takes peers without CURVE keys: anyone who can reach it can register as a "
-                "worker (and receive connection secrets), submit, cancel and stop runs",
-                self.address,
-            )
         self.poller = zmq.Poller()
         self.poller.register(self.sock, zmq.POLLIN)
         self.children = ChildWorkers(self.poller, self._worker_command, options.max_respawns)
@@ -297,7 +291,7 @@ class Coordinator:
         elif isinstance(message, WORKER_REPORTS):
             # A worker declared dead while busy (it sends reports, not heartbeats): tell it now, so it
             # drops the work that was rerun elsewhere and joins again, instead of finishing it unseen.
-            self._send(identity, p.Reject(f"unknown worker {worker_id!r}: register again"))
+            self._send(identity, p.Reject(f"unknown worker {worker_id!r}: register again", rejoin=True))
             return
         if isinstance(message, WORKER_REPORTS) and getattr(message, "worker_id", worker_id) != worker_id:
             self._refuse(peer, message, f"a report of worker {worker_id!r} names another worker")

@@ -23,14 +23,11 @@ The embedded local cluster does not use CURVE. Flight streams are not covered by
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import shutil
-import socket
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import zmq
 import zmq.auth
@@ -222,28 +219,6 @@ class KeyRoles:
     def of(self, user_id: str) -> frozenset[Role]:
         """The roles of the key whose Z85 form is ``user_id`` (a message's ZAP User-Id)."""
         return self._roles.get(user_id, frozenset())
-
-
-def is_loopback(address: str) -> bool:
-    """Whether a ZeroMQ address stays on this host: ipc://, inproc://, or tcp:// to a loopback
-    address (``*``, 0.0.0.0, a LAN address or a name that resolves elsewhere are not)."""
-    scheme, _, rest = address.partition("://")
-    if scheme in ("ipc", "inproc"):
-        return True
-    host = urlsplit(f"//{rest}").hostname or ""
-    if host in ("", "*"):
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        pass
-    try:
-        infos = socket.getaddrinfo(host, None)
-    except OSError:
-        return False
-    return bool(infos) and all(ipaddress.ip_address(info[4][0]).is_loopback for info in infos)
 
 
 # The keys ``create_cluster_keys`` makes: (name, the role its public key is authorized for).

@@ -46,6 +46,7 @@ from osiris_flight.cluster.worker_state import (
     Instruction,
     Joined,
     Phase,
+    Refused,
     Register,
     ReleaseOutput,
     ReleaseRun,
@@ -140,6 +141,7 @@ class Worker:
         # Which coordinator message is acted on, and how: worker_state.py (pure, tested on its own).
         self.state = WorkerState()
         self._exit_code = 0
+        self._rejoin_deadline = 0.0  # while rejoining: give up (exit 3) when no Welcome came by then
         # Task threads are reused (starting a thread per task cost ~1 ms under load).
         self._pool = ThreadPoolExecutor(max_workers=options.slots + 2, thread_name_prefix="task")
         self._thread_state = threading.local()
@@ -309,6 +311,9 @@ class Worker:
                         break
                     try:
                         message = p.decode(frame)
+                    except p.VersionMismatch as exc:  # an upgraded coordinator: restart with it
+                        log.error("leaving coordinator %s: %s", self.options.coordinator, exc)
+                        return 3
                     except ProtocolError as exc:  # names op and field, never a value
                         log.error("skipped a malformed message from the coordinator: %s", exc)
                         continue
@@ -323,6 +328,9 @@ class Worker:
                     if self.state.phase is Phase.STOPPED:
                         return self._exit_code
             now = time.monotonic()
+            if self.state.phase is Phase.REJOINING and now > self._rejoin_deadline:
+                log.error("no Welcome from coordinator %s after registering again", self.options.coordinator)
+                return 3
             if self.tasks and now - last_progress >= PROGRESS_INTERVAL_S:
                 rss = self._process.memory_info().rss
                 for task in list(self.tasks.values()):
@@ -374,7 +382,10 @@ class Worker:
                     self._send(sock, ins.data)
                 case Register():
                     log.warning("the coordinator declared this worker lost; joining again")
+                    self._rejoin_deadline = time.monotonic() + self.options.register_timeout_s
                     self._send(sock, self._register_message())
+                case Refused():
+                    log.warning("the coordinator refused a message of this worker: %s", ins.reason)
                 case Joined():
                     self.flight.set_token_key(ins.fetch_token_key)
                     for module in ins.plugins:  # loading a module twice is a no-op
@@ -415,6 +426,21 @@ class Worker:
             with contextlib.suppress(zmq.ZMQError):
                 push.send(p.encode(message))
 
+        def send_checked(message: p.TaskTelemetry | p.TaskCheckpoint) -> None:
+            """What a component reported, checked here: a value the coordinator would refuse fails
+            this (an event or metric is dropped, a checkpoint fails the task), not the worker."""
+            try:
+                data = p.encode_checked(message)
+            except (ProtocolError, TypeError, ValueError) as exc:
+                if isinstance(message, p.TaskCheckpoint):
+                    raise TerminalError(f"the task's checkpoint cannot be reported: {exc}") from None
+                log.warning(
+                    "task %s: dropped a %s the protocol cannot carry: %s", spec.task_id, message.name, exc
+                )
+                return
+            with contextlib.suppress(zmq.ZMQError):
+                push.send(data)
+
         send(p.TaskStarted(spec.run_id, spec.task_id, spec.attempt, self.worker_id, task.started_at))
 
         def open_input(step_id: str) -> RowStream:
@@ -429,17 +455,19 @@ class Worker:
         try:
 
             def checkpoint(token: str, state: dict[str, Any], rows: int) -> None:
-                send(p.TaskCheckpoint(spec.run_id, spec.task_id, spec.attempt, token, state, rows))
+                send_checked(p.TaskCheckpoint(spec.run_id, spec.task_id, spec.attempt, token, state, rows))
 
             def metric(name: str, value: float, **tags: Any) -> None:
-                send(
+                send_checked(
                     p.TaskTelemetry(
                         spec.run_id, spec.task_id, spec.attempt, "metric", name, float(value), tags
                     )
                 )
 
             def event(name: str, **fields: Any) -> None:
-                send(p.TaskTelemetry(spec.run_id, spec.task_id, spec.attempt, "event", name, 0.0, fields))
+                send_checked(
+                    p.TaskTelemetry(spec.run_id, spec.task_id, spec.attempt, "event", name, 0.0, fields)
+                )
 
             result = run_task(
                 task,
@@ -479,7 +507,7 @@ class Worker:
         finally:
             shutil.rmtree(work_dir, ignore_errors=True)
         try:
-            data = p.encode(reply)
+            data = p.encode_checked(reply)
         except Exception as exc:  # a result the protocol cannot carry (a plugin's numpy count, a Path)
             data = p.encode(
                 p.TaskFailed(

@@ -11,10 +11,12 @@ The rules, in short:
 
 * Before the first Welcome the worker is *joining*: a Reject then means it may not join at all
   (wrong protocol version, a key without the worker role) and it stops.
-* After a Welcome it is *joined*. A Reject while joined means the coordinator declared it dead
-  (paused past the heartbeat limit) and reran its work elsewhere: it abandons its running tasks,
-  drops the outputs of their runs and registers again. Further Rejects before the next Welcome are
-  answers to reports it sent meanwhile and change nothing.
+* After a Welcome it is *joined*. A Reject with ``rejoin`` set means the coordinator declared it
+  dead (paused past the heartbeat limit) and reran its work elsewhere: it abandons its running
+  tasks, drops the outputs of their runs and registers again (*rejoining*). Further such Rejects
+  before the next Welcome are answers to reports it sent meanwhile and change nothing. A Reject
+  without ``rejoin`` refused one message (one the coordinator could not decode or handle): it is
+  logged, and nothing else changes.
 * An assignment is started once per (run, task, attempt); a duplicate, or one that arrives while
   rejoining (sent to the incarnation the coordinator declared dead), is ignored.
 * Releasing a whole run also cancels that run's tasks still running here: a run that ended must not
@@ -101,12 +103,21 @@ class Joined:
 
 
 @dataclass(frozen=True)
+class Refused:
+    """The coordinator refused one message of this worker's: log the reason."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
 class Stop:
     reason: str
     exit_code: int = 0
 
 
-Instruction = StartTask | CancelTask | ReleaseOutput | ReleaseRun | SendReport | Register | Joined | Stop
+Instruction = (
+    StartTask | CancelTask | ReleaseOutput | ReleaseRun | SendReport | Register | Joined | Refused | Stop
+)
 
 
 @dataclass
@@ -126,7 +137,7 @@ class WorkerState:
                 self.phase = Phase.JOINED
                 return [Joined(tuple(event.plugins), event.heartbeat_interval_s, event.fetch_token_key)]
             case p.Reject():
-                return self._rejected(event.reason)
+                return self._rejected(event)
             case p.AssignTask():
                 key = (event.run_id, event.task_id, event.attempt)
                 if self.phase is not Phase.JOINED or key in self.running or key in self.abandoned:
@@ -144,10 +155,6 @@ class WorkerState:
                 return [*out, Stop(f"shutdown requested: {event.reason}")]
         return []
 
-    def stop(self, reason: str) -> list[Instruction]:
-        """The process was asked to stop (a signal, its parent gone)."""
-        return self.handle(p.Shutdown(reason))
-
     # -- handlers ------------------------------------------------------------------------------
     def _task_ended(self, event: TaskEnded) -> list[Instruction]:
         self.running.discard(event.key)
@@ -156,10 +163,12 @@ class WorkerState:
             return []
         return [SendReport(event.report)]
 
-    def _rejected(self, reason: str) -> list[Instruction]:
+    def _rejected(self, event: p.Reject) -> list[Instruction]:
         if self.phase is Phase.JOINING:
             self.phase = Phase.STOPPED
-            return [Stop(f"the coordinator rejected this worker: {reason}", exit_code=3)]
+            return [Stop(f"the coordinator rejected this worker: {event.reason}", exit_code=3)]
+        if not event.rejoin:
+            return [Refused(event.reason)]
         if self.phase is Phase.REJOINING:
             return []  # an answer to a report sent before our Register arrived
         self.phase = Phase.REJOINING

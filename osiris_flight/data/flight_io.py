@@ -59,7 +59,10 @@ FETCH_REFUSED = "fetch refused"  # prefix of a refused token (FlightUnauthentica
 ONLY_DO_GET = "an osiris-flight worker serves do_get with a ticket from its coordinator only"
 # Texts of gRPC's status when TLS itself failed (our certificate or the peer's is not accepted): a
 # peer that is gone says "Connection refused" or "Socket closed" instead.
-_TLS_FAILURES = ("Ssl handshake failed", "certificate", "Peer name")
+# What gRPC says when a peer's certificate does not verify (another CA, another name): retrying
+# cannot help. Other handshake failures (a peer dying mid-handshake: SSL_ERROR_SYSCALL) are a lost
+# input like any other.
+_TLS_FAILURES = ("CERTIFICATE_VERIFY_FAILED", "certificate verify failed", "Peer name")
 
 
 class FetchRefused(TerminalError):
@@ -273,14 +276,26 @@ class FlightClientPool:
         if tls is None:
             self._connect = lambda uri: flight.FlightClient(uri, generic_options=self._generic_options)
         else:  # mutual TLS: trust the cluster CA only, present our certificate, check the cluster name
-            self._connect = lambda uri: flight.FlightClient(
-                uri,
-                tls_root_certs=tls.ca,
-                cert_chain=tls.cert_chain,
-                private_key=tls.private_key,
-                override_hostname=tls.server_name,
-                generic_options=self._generic_options,
-            )
+
+            def connect(uri: str) -> flight.FlightClient:
+                if not uri.startswith(("grpc+tls://", "grpc+unix://")):
+                    # A peer serving in clear (started with --insecure) would get our tokens, and
+                    # its rows would cross the network unencrypted: a TLS worker never downgrades.
+                    raise FetchRefused(
+                        f"refusing to read from {uri} without TLS: this worker uses Flight TLS and the "
+                        "peer serves in clear (started with --insecure?); give every worker the cluster's "
+                        "TLS certificates"
+                    )
+                return flight.FlightClient(
+                    uri,
+                    tls_root_certs=tls.ca,
+                    cert_chain=tls.cert_chain,
+                    private_key=tls.private_key,
+                    override_hostname=tls.server_name,
+                    generic_options=self._generic_options,
+                )
+
+            self._connect = connect
         self._clients: dict[str, flight.FlightClient] = {}
         self._lock = threading.Lock()
         self._closed = False

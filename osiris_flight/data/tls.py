@@ -20,7 +20,6 @@ it may be used for both server and client authentication. X.509 is done by ``cry
 from __future__ import annotations
 
 import datetime
-import ipaddress
 import os
 import socket
 from dataclasses import dataclass
@@ -214,13 +213,3 @@ def _read(path: str, name: str) -> bytes:
         raise InvalidInput(
             Problem(f"cannot read: {exc.strerror}", file=path, field=name, hint="--" + name.replace("_", "-"))
         ) from None
-
-
-def is_loopback(host: str) -> bool:
-    """Whether a bind host is reachable from this machine only (a Flight server there may go without TLS)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

@@ -224,7 +224,7 @@ def test_a_worker_declared_dead_is_told_by_its_next_task_report(tmp_path: Path) 
         sock.send(p.encode(p.TaskProgress("r", "s0.p0", 1, {"a": {"rows": 1}})))
         assert sock.poll(10_000), "the report of a worker declared dead got no answer"
         reply = p.decode(sock.recv())
-        assert isinstance(reply, p.Reject) and "register again" in reply.reason
+        assert isinstance(reply, p.Reject) and reply.rejoin and "register again" in reply.reason
     finally:
         sock.close(linger=0)
         ctx.term()

@@ -244,7 +244,8 @@ steps:
 TOKEN_KEY = fetch_token.new_key()
 WORKER_SAMPLES: list[p.Message] = [
     p.Welcome("fw", 0.2, []),
-    p.Reject("declared dead"),
+    p.Reject("declared dead", rejoin=True),
+    p.Reject("one report refused"),
     ASSIGN,
     p.CancelTask("fz", "s0.p0", 1, "why"),
     p.ReleaseOutputs("fz", "s0.p0", 1),

@@ -340,6 +340,20 @@ def test_transient_failure_is_retried_and_the_run_succeeds(workdir: Path) -> Non
     assert read_csv(workdir / "out/flaky.csv").num_rows == table.num_rows
 
 
+def test_an_event_the_protocol_cannot_carry_is_dropped_not_the_worker(workdir: Path) -> None:
+    """A component's event with int keys encodes (msgpack) but the coordinator would refuse it: the
+    worker checks it before sending and drops it, so its worker is not declared lost and rejoined
+    (as a refusal once made it do, until the run failed on disturbances)."""
+    table = write_events_csv(workdir / "events.csv", 10_000)
+    (workdir / "pipeline.yaml").write_text(FLAKY.format(flaky_config="{unreportable_event: true}"))
+    result = osiris(["run", "pipeline.yaml", "--json", "--workers", "1"], workdir)
+    assert result.code == 0, result.stderr
+    evs = events(Path(result.json()["summary"]["run_dir"]))
+    assert not [e for e in evs if e["event"] in ("worker_lost", "task_retry", "worker_joined")]
+    assert not [e for e in evs if e["event"] == "histogram"]
+    assert read_csv(workdir / "out/flaky.csv").num_rows == table.num_rows
+
+
 def test_terminal_failure_fails_the_run_with_the_real_message_and_leaves_no_target(workdir: Path) -> None:
     write_events_csv(workdir / "events.csv", 10_000)
     (workdir / "pipeline.yaml").write_text(

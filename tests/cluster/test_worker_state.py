@@ -7,6 +7,7 @@ from osiris_flight.cluster.worker_state import (
     CancelTask,
     Joined,
     Phase,
+    Refused,
     Register,
     ReleaseOutput,
     ReleaseRun,
@@ -92,7 +93,7 @@ def test_reject_after_joining_abandons_work_and_registers_again():
     state = joined()
     state.handle(assign("r1", "s0.p0"))
     state.handle(assign("r2", "s1.p0"))
-    assert state.handle(p.Reject("unknown worker 'w1': register again")) == [
+    assert state.handle(p.Reject("unknown worker 'w1': register again", rejoin=True)) == [
         CancelTask(("r1", "s0.p0", 1), "the coordinator declared this worker lost"),
         CancelTask(("r2", "s1.p0", 1), "the coordinator declared this worker lost"),
         ReleaseRun("r1", "worker rejoined"),
@@ -101,7 +102,7 @@ def test_reject_after_joining_abandons_work_and_registers_again():
     ]
     assert state.phase is Phase.REJOINING
     # Answers to reports sent meanwhile change nothing; neither do assignments to the old self.
-    assert state.handle(p.Reject("unknown worker")) == []
+    assert state.handle(p.Reject("unknown worker", rejoin=True)) == []
     assert state.handle(assign("r3")) == []
     # The abandoned tasks' reports are dropped: the coordinator disowned those attempts.
     assert state.handle(TaskEnded(("r1", "s0.p0", 1), b"late")) == []
@@ -109,6 +110,16 @@ def test_reject_after_joining_abandons_work_and_registers_again():
     assert state.handle(assign("r3")) == [StartTask(assign("r3"))]
     # An abandoned attempt is never started again here, even if it arrives once more.
     assert state.handle(assign("r2", "s1.p0")) == []
+
+
+def test_a_refused_report_is_logged_and_changes_nothing():
+    state = joined()
+    state.handle(assign("r1", "s0.p0"))
+    assert state.handle(p.Reject("task_telemetry: field fields has a int key")) == [
+        Refused("task_telemetry: field fields has a int key")
+    ]
+    assert state.phase is Phase.JOINED and state.running == {("r1", "s0.p0", 1)}
+    assert state.handle(TaskEnded(("r1", "s0.p0", 1), b"done")) == [SendReport(b"done")]
 
 
 def test_shutdown_cancels_everything_and_stops():

@@ -17,8 +17,9 @@ import pytest
 from osiris_flight.data import fetch_token
 from osiris_flight.data.batch_store import BatchStore
 from osiris_flight.data.flight_io import FetchRefused, FlightClientPool, FlightDataServer
-from osiris_flight.data.tls import WORKER_SERVER_NAME, FlightTLS, is_loopback, load_flight_tls
+from osiris_flight.data.tls import WORKER_SERVER_NAME, FlightTLS, load_flight_tls
 from osiris_flight.errors import InvalidInput, TerminalError, UpstreamLost, is_transient
+from osiris_flight.hosts import is_loopback, stays_on_host
 from osiris_flight.protocol import FetchOutput, encode_ticket
 from tests.data.conftest import TOKEN_KEY, BatchFactory, signed
 
@@ -108,6 +109,8 @@ def test_tls_material_is_checked_when_loaded(keys: Path, tmp_path: Path) -> None
     assert load_flight_tls(None, None, None) is None
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("10.1.2.3") and not is_loopback("hostb")
+    assert stays_on_host("ipc:///tmp/x.sock") and stays_on_host("tcp://127.0.0.1:5555")
+    assert not stays_on_host("tcp://*:5555") and not stays_on_host("tcp://0.0.0.0:5555")
 
 
 def test_tls_pool_reads_with_a_valid_token(
@@ -128,6 +131,19 @@ def test_plain_tcp_client_to_a_tls_server_fails(tls_server: FlightDataServer, st
         client.close()
     with FlightClientPool() as pool, pytest.raises(UpstreamLost):
         pool.read(_plain_uri(tls_server), signed(stored))
+
+
+def test_a_tls_worker_never_reads_from_a_peer_serving_in_clear(
+    store: BatchStore, tls: FlightTLS, stored: FetchOutput
+) -> None:
+    """A peer started with --insecure would get our token and send rows unencrypted: refused, terminal."""
+    plain = FlightDataServer(store, wait_timeout_s=10.0, token_key=TOKEN_KEY).start()
+    try:
+        with FlightClientPool(tls=tls) as pool, pytest.raises(FetchRefused) as caught:
+            pool.read(plain.uri, signed(stored))
+    finally:
+        plain.shutdown()
+    assert "without TLS" in str(caught.value) and not is_transient(caught.value)
 
 
 def test_a_client_without_a_certificate_fails(
