@@ -48,11 +48,13 @@ def _or_exit(make: Callable[[], T]) -> T:
         sys.exit(exc.exit_code)
 
 
-def _require_keys(address: str, flag: str, keys_flags: str, insecure: bool) -> None:
-    """Exit 2 when ``address`` reaches beyond this host and CURVE is off, unless ``--insecure``."""
+def _require_keys(address: str, flag: str, keys_flags: str, insecure: bool, listening: bool) -> None:
+    """Exit 2 when CURVE is off, unless ``--insecure``: for a coordinator listening anywhere (on
+    loopback, every local user can connect: the embedded cluster's private directory is the only
+    keyless place), for a worker joining a coordinator beyond this host."""
     from osiris_flight.hosts import stays_on_host
 
-    if stays_on_host(address):
+    if not listening and stays_on_host(address):
         return
     if insecure:
         logging.getLogger("osiris_flight.daemons").warning(
@@ -62,9 +64,13 @@ def _require_keys(address: str, flag: str, keys_flags: str, insecure: bool) -> N
             address,
         )
         return
+    reach = (
+        "every local user can connect to it" if stays_on_host(address) else "it is reachable from other hosts"
+    )
     click.echo(
-        f"error: {flag} {address} is reachable from other hosts and no CURVE keys are set: give "
-        f"{keys_flags} (osiris-flight keys cluster DIR makes them), or --insecure to run without",
+        f"error: {flag} {address} without CURVE keys: {reach}, and could register as a worker (and "
+        f"receive connection secrets) or submit runs; give {keys_flags} (osiris-flight keys cluster DIR "
+        "makes them), or --insecure to run without",
         err=True,
     )
     sys.exit(2)
@@ -143,8 +149,10 @@ def coordinator_main(
     if private_dir:
         bind = control_address(private_dir)
     address = bind or config.cluster.coordinator or "tcp://127.0.0.1:5555"
-    if curve is None:
-        _require_keys(address, "--bind", "--curve-secret-key and --curve-authorized-keys", insecure)
+    if curve is None and not private_dir:  # the embedded cluster's socket is private to its user
+        _require_keys(
+            address, "--bind", "--curve-secret-key and --curve-authorized-keys", insecure, listening=True
+        )
     options = CoordinatorOptions(
         bind=address,
         heartbeat_interval_s=engine.heartbeat_interval_s,
@@ -263,7 +271,9 @@ def worker_main(
     if curve is not None:
         _or_exit(lambda: client_keys(curve))
     else:
-        _require_keys(address, "--coordinator", "--curve-secret-key and --curve-server-key", insecure)
+        _require_keys(
+            address, "--coordinator", "--curve-secret-key and --curve-server-key", insecure, listening=False
+        )
     cluster = config.cluster
     tls = _or_exit(
         lambda: load_flight_tls(

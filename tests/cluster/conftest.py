@@ -57,9 +57,11 @@ def osiris(args: list[str], cwd: Path, timeout: float = 180) -> Result:
 
 
 def start_coordinator(cwd: Path, *flags: str) -> tuple[subprocess.Popen[str], str]:
-    """An osiris-coordinator daemon on a free loopback port (``--announce``): the process, its address."""
+    """An osiris-coordinator daemon on a free loopback port (``--announce``): the process, its address.
+    ``--insecure``: without CURVE keys (in ``flags`` or its osiris.yaml) any local user could use it;
+    these tests' daemons are theirs alone."""
     proc = subprocess.Popen(
-        [str(BIN / "osiris-coordinator"), "--bind", "tcp://127.0.0.1:*", "--announce", *flags],
+        [str(BIN / "osiris-coordinator"), "--bind", "tcp://127.0.0.1:*", "--announce", "--insecure", *flags],
         cwd=cwd,
         env=cli_env(),
         text=True,

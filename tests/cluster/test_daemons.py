@@ -210,7 +210,7 @@ def test_bad_addresses_are_clear_errors(tmp_path: Path) -> None:
         taken.listen()
         port = taken.getsockname()[1]
         coordinator = subprocess.run(
-            [str(BIN / "osiris-coordinator"), "--bind", f"tcp://127.0.0.1:{port}"],
+            [str(BIN / "osiris-coordinator"), "--bind", f"tcp://127.0.0.1:{port}", "--insecure"],
             cwd=tmp_path,
             env=cli_env(),
             capture_output=True,

@@ -103,7 +103,7 @@ def _free_port() -> int:
 
 def test_coordinator_rejects_a_peer_speaking_another_version() -> None:
     address = f"tcp://127.0.0.1:{_free_port()}"
-    daemon = subprocess.Popen([str(BIN / "osiris-coordinator"), "--bind", address])
+    daemon = subprocess.Popen([str(BIN / "osiris-coordinator"), "--bind", address, "--insecure"])
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt_string(zmq.IDENTITY, "old-worker")

@@ -376,13 +376,17 @@ def test_a_failed_run_stops_its_other_branches_before_it_reports(
     assert not (tmp_path / "out/bad.csv").exists()
 
 
-def test_a_daemon_beyond_loopback_needs_keys_or_insecure(tmp_path: Path, keys: Path) -> None:
+def test_a_coordinator_without_keys_and_a_worker_beyond_loopback_need_insecure(
+    tmp_path: Path, keys: Path
+) -> None:
     def start(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [str(BIN / args[0]), *args[1:]], env=cli_env(), capture_output=True, text=True, timeout=60
         )
 
-    for bind in ("tcp://0.0.0.0:*", "tcp://*:*"):
+    # On loopback too: every local user could connect (only the embedded cluster's private socket
+    # directory goes without keys).
+    for bind in ("tcp://0.0.0.0:*", "tcp://*:*", "tcp://127.0.0.1:*", f"ipc://{tmp_path}/c.sock"):
         refused = start("osiris-coordinator", "--bind", bind)
         assert refused.returncode == 2, refused.stderr
         assert "--insecure" in refused.stderr and "keys cluster" in refused.stderr
