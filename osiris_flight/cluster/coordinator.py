@@ -104,6 +104,8 @@ class ActiveRun:
     connections: dict[str, dict[str, Any]]
     batch_rows: int
     disk_failed: bool = False  # its run directory broke: the run is being cancelled
+    # (task id, attempt) -> the worker it was assigned to, for reports about ended attempts
+    assigned: dict[tuple[str, int], str] = field(default_factory=dict)
 
 
 class Coordinator:
@@ -338,9 +340,17 @@ class Coordinator:
                 if run:
                     run.tracker.task_checkpoint(message)
             case p.OutputSpilled():
-                # Any attempt's output, finished or not: the disk it took is real either way.
-                if spilled := self.runs.get(message.run_id):
+                # Any attempt's output, finished or not (the disk it took is real either way), but
+                # only from the worker that attempt was assigned to.
+                spilled = self.runs.get(message.run_id)
+                if spilled and spilled.assigned.get((message.task_id, message.attempt)) == worker_id:
                     spilled.tracker.output_spilled(message)
+                elif spilled:
+                    self._refuse(
+                        peer,
+                        message,
+                        f"{message.task_id} attempt {message.attempt} was not assigned to {worker_id!r}",
+                    )
             case p.TaskFinished():
                 if run:
                     run.tracker.task_finished(message)
@@ -583,6 +593,7 @@ class Coordinator:
         refs = {ref for step in steps for ref in _connection_refs(step["config"])}
         connections = {ref: run.connections[ref] for ref in sorted(refs) if ref in run.connections}
         run.tracker.assigned(ins.task_id, ins.attempt, ins.worker_id)
+        run.assigned[(ins.task_id, ins.attempt)] = ins.worker_id
         self._send(
             worker.identity,
             p.AssignTask(

@@ -27,18 +27,7 @@ ALL_ROLES = frozenset(Role)
 # The authorized keys directory's subdirectory for each role.
 ROLE_DIRS = {"workers": Role.WORKER, "clients": Role.CLIENT, "admins": Role.ADMIN}
 
-# What only a registered worker sends about its tasks.
-WORKER_REPORTS = (
-    p.Heartbeat,
-    p.TaskStarted,
-    p.TaskProgress,
-    p.TaskTelemetry,
-    p.TaskCheckpoint,
-    p.OutputSpilled,
-    p.TaskFinished,
-    p.TaskFailed,
-)
-# Reports about one task attempt: accepted only from the worker the attempt was assigned to.
+# Reports about one running task attempt: accepted only from the worker that holds it now.
 ATTEMPT_REPORTS = (
     p.TaskStarted,
     p.TaskProgress,
@@ -47,6 +36,9 @@ ATTEMPT_REPORTS = (
     p.TaskFinished,
     p.TaskFailed,
 )
+# What only a registered worker sends. OutputSpilled names an attempt that may have ended (an output
+# spills when newer ones need the memory): accepted from the worker it was assigned to.
+WORKER_REPORTS = (p.Heartbeat, p.OutputSpilled, *ATTEMPT_REPORTS)
 
 _WORKER = frozenset({Role.WORKER})
 _CLIENT = frozenset({Role.CLIENT, Role.ADMIN})

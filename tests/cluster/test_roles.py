@@ -254,6 +254,10 @@ def test_a_forged_report_for_another_workers_task_is_refused(
             )
             (answer,) = received(evil, 10)
             assert isinstance(answer, p.Reject), answer
+        # Nor can it swell the run's records with spills of an output it never held.
+        evil.send(p.encode(p.OutputSpilled(run_id, task["task_id"], task["attempt"], "evil", 10**15, 1, 0)))
+        (answer,) = received(evil, 10)
+        assert isinstance(answer, p.Reject) and "not assigned" in answer.reason and not answer.rejoin
         assert run.poll() is None  # the run did not end: its held writer has not written a row
         release.touch()
         out, err = run.communicate(timeout=180)
@@ -263,6 +267,7 @@ def test_a_forged_report_for_another_workers_task_is_refused(
     assert run.returncode == 0, err
     assert json.loads(out)["status"] == "success"
     assert read_csv(tmp_path / "out/held.csv").num_rows == 3000
+    assert not [e for e in events(latest_run_dir(tmp_path)) if e["event"] == "spill"]  # type: ignore[arg-type]
     evil.close()
 
 
