@@ -72,7 +72,9 @@ def _require_keys(address: str, flag: str, keys_flags: str, insecure: bool) -> N
 
 def _config(path: str | None) -> Config:
     try:
-        return load_config(path)
+        config = load_config(path)
+        config.osiris.apply_base_path()  # an Osiris filesystem.base_path: where relative paths resolve
+        return config
     except InvalidInput as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
@@ -162,6 +164,7 @@ def coordinator_main(
         curve=curve,
         private_dir=private_dir,
         fetch_token_ttl_s=config.cluster.fetch_token_ttl_s,
+        worker_log_level=log_level,
     )
 
     def ready(address: str) -> None:

@@ -1,6 +1,6 @@
 """Connections: ``@family.alias`` references in step configs, defined in ``osiris_connections.yaml``.
 
-The file is Osiris's format::
+The file is Osiris's format (``version: "1.0"`` as ``osiris init`` writes it, or ``1``)::
 
     version: 1
     connections:
@@ -50,6 +50,8 @@ __all__ = [
 CONNECTIONS_ENV = "OSIRIS_CONNECTIONS_FILE"
 CONNECTIONS_FILENAME = "osiris_connections.yaml"
 CONNECTIONS_VERSION = 1
+# Version 1 as written: ``osiris init`` writes ``version: "1.0"``, Osiris's own tests ``version: 1``.
+ACCEPTED_VERSIONS = (1, "1", 1.0, "1.0")
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 _REF = re.compile(r"^@([A-Za-z0-9_-]+)(?:\.([A-Za-z0-9_-]+))?$")
 _WHERE_HINT = (
@@ -135,11 +137,11 @@ def load_connections(path: str | Path) -> ConnectionsFile:
             report(f"unknown key '{key}'", (key,), "valid keys: version, connections")
     if "version" not in data:
         report("missing 'version'", (), f"add 'version: {CONNECTIONS_VERSION}'")
-    elif data["version"] != CONNECTIONS_VERSION:
+    elif isinstance(data["version"], bool) or data["version"] not in ACCEPTED_VERSIONS:
         report(
             f"connections file version {data['version']!r} is not supported",
             ("version",),
-            f"expected {CONNECTIONS_VERSION}",
+            f'expected {CONNECTIONS_VERSION} (or "1.0", as osiris init writes it)',
         )
     families = data.get("connections")
     result: dict[str, dict[str, dict[str, Any]]] = {}
