@@ -31,21 +31,21 @@ _RETENTION = "run directories are kept until removed"
 # Osiris key -> why it has no effect here. A section named whole has no key read here.
 IGNORED: dict[str, str] = {
     "ids": "run ids are 12 hex digits and manifests are fingerprinted with sha256",
-    "discovery": "no schema discovery here",
-    "llm": "no LLM here",
+    "discovery": "this engine does no schema discovery",
+    "llm": "this engine uses no LLM",
     "pipeline": "no chat-generated pipelines; SQL is not screened for keywords or length",
-    "validate": "osiris-flight validate has its own output (--json)",
-    "validation": "no LLM validation retries here",
+    "validate": "osiris-flight validate has its own output, and --json",
+    "validation": "this engine makes no LLM validation retries",
     "aiop": _AIOP,
-    "observability": "not implemented yet (issue 10): no metrics export, tracing or log shipping",
-    "filesystem.profiles": "no {profile}/ path segment (--profile selects a params profile)",
+    "observability": "not implemented yet; issue 10 brings metrics export, tracing and log shipping",
+    "filesystem.profiles": "paths get no {profile}/ segment; --profile selects a params profile",
     "filesystem.pipelines_dir": "pipelines are given by path",
     "filesystem.build_dir": "compile writes the manifest to stdout or --out",
     "filesystem.aiop_dir": _AIOP,
-    "filesystem.sessions_dir": "no chat sessions here",
-    "filesystem.cache_dir": "no discovery cache here",
+    "filesystem.sessions_dir": "this engine keeps no chat sessions",
+    "filesystem.cache_dir": "this engine keeps no discovery cache",
     "filesystem.index_dir": "runs are listed from the run directories",
-    "filesystem.mcp_logs_dir": "no MCP server here",
+    "filesystem.mcp_logs_dir": "this engine has no MCP server",
     "filesystem.naming": "run directories are named <pipeline>/<UTC timestamp>_<run id>",
     "filesystem.artifacts": "compile writes one manifest",
     "filesystem.retention": _RETENTION,
@@ -144,7 +144,7 @@ def ignored_warning(file: str, ignored: tuple[str, ...]) -> str | None:
     """The one line the commands print for an Osiris project's osiris.yaml, or None."""
     if not ignored:
         return None
-    named = [f"{k} ({IGNORED[k]})" if k == "observability" else k for k in ignored]
+    named = [f"{k} (not implemented yet)" if k == "observability" else k for k in ignored]
     return (
         f"{file}: these Osiris settings have no effect here: {', '.join(named)} "
         "(osiris-flight validate says why)"
@@ -153,4 +153,4 @@ def ignored_warning(file: str, ignored: tuple[str, ...]) -> str | None:
 
 def ignored_notes(file: str, ignored: tuple[str, ...]) -> list[str]:
     """One note per ignored Osiris key, with the reason (``osiris-flight validate``)."""
-    return [f"{file}: {key} has no effect here ({why_ignored(key)})" for key in ignored]
+    return [f"{file}: {key} has no effect here: {why_ignored(key)}" for key in ignored]

@@ -217,3 +217,18 @@ def test_check_references_raises_once_with_every_problem(write, registry, conns)
         check_references(manifest, conns, environ={})
     assert len(info.value.problems) == 2  # primary and replica both need MYSQL_PASSWORD
     assert SECRET not in str(info.value)
+
+
+def test_version_1_0_as_osiris_init_writes_it(tmp_path):
+    """``osiris init`` writes ``version: "1.0"``; Osiris's tests write ``version: 1``: both load. A
+    version that is not 1 is still refused, naming its line."""
+    for version in ('"1.0"', "1.0", "1", '"1"'):
+        path = tmp_path / "c.yaml"
+        path.write_text(
+            f"version: {version}\nconnections:\n  duckdb:\n    memory: {{database: ':memory:'}}\n"
+        )
+        assert load_connections(path).aliases("duckdb") == ["memory"]
+    for version in ('"2.0"', "true", "1.1"):
+        path.write_text(f"version: {version}\nconnections: {{}}\n")
+        problem = find(problems_of(load_connections, path), "is not supported")
+        assert problem.line == 1 and '"1.0"' in (problem.hint or "")
