@@ -312,3 +312,8 @@ def test_an_example_needing_a_hosted_service_fails_validation_naming_it(
     ran = osiris(["run", pipeline], project)
     assert ran.code == 2 and "component 'supabase.writer' is not available here" in ran.stderr
     assert not (project / "run_logs").exists()
+    others = sorted(p.name for p in EXAMPLES.glob("*.yaml") if p.name not in (CSV_EXAMPLE, SUPABASE_EXAMPLE))
+    assert len(others) == 3
+    for name in others:
+        result = osiris(["validate", add_pipeline(project, name)], project)
+        assert result.code == 2 and "'supabase.writer' is not available here" in result.stderr, name
