@@ -111,7 +111,6 @@ def make_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: MySQLS
     (project / "osiris_connections.yaml").write_text(
         example.replace("  mysql:\n    primary:\n", "  mysql:\n    db_movies:\n"), encoding="utf-8"
     )
-    monkeypatch.delenv("OSIRIS_FILESYSTEM_BASE", raising=False)
     if server is not None:
         monkeypatch.setenv("MYSQL_HOST", server.host)
         monkeypatch.setenv("MYSQL_USER", server.user)
