@@ -1,7 +1,8 @@
 """The Osiris sections of ``osiris.yaml``: what of the file ``osiris init`` writes this engine reads.
 
 An Osiris project's ``osiris.yaml`` (``version: '2.0'``, ``filesystem``, ``ids``, ``logging``,
-``discovery``, ``llm``, ``pipeline``, ``validate``, ``validation``, ``aiop``) is accepted as it is,
+``discovery``, ``llm``, ``pipeline``, ``validate``, ``validation``, ``aiop``; older files also
+``output`` and ``sessions``) is accepted as it is,
 next to this engine's own keys (``engine``, ``cluster``, ...). Read here:
 
 - ``filesystem.base_path``: the root relative pipeline paths resolve against (as Osiris's
@@ -38,6 +39,9 @@ IGNORED: dict[str, str] = {
     "validation": "this engine makes no LLM validation retries",
     "aiop": _AIOP,
     "observability": "not implemented yet; issue 10 brings metrics export, tracing and log shipping",
+    # Sections of older Osiris files (and of Osiris's built-in defaults).
+    "output": "writers write where their path says",
+    "sessions": "this engine keeps no chat sessions",
     "filesystem.profiles": "paths get no {profile}/ segment; --profile selects a params profile",
     "filesystem.pipelines_dir": "pipelines are given by path",
     "filesystem.build_dir": "compile writes the manifest to stdout or --out",
@@ -51,6 +55,8 @@ IGNORED: dict[str, str] = {
     "filesystem.retention": _RETENTION,
     "filesystem.outputs": "writers write where their path says",
     "logging.events": "every event goes to events.jsonl",
+    "logging.file": "no osiris.log is written; the embedded cluster logs to stderr",
+    "logging.format": "log lines have this engine's format",
     "logging.metrics": "every metric goes to metrics.jsonl",
     "logging.retention": _RETENTION,
     "logging.env_overrides": "OSIRIS_LOG_LEVEL is not read",
