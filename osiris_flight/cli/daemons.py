@@ -109,7 +109,9 @@ def _config(path: str | None) -> Config:
     hidden=True,
     help="the embedded cluster: listen on ipc://DIR/control.sock; workers serve Flight on sockets in DIR",
 )
-@click.option("--log-level", default="warning", show_default=True)
+@click.option(
+    "--log-level", default=None, help="default: logging.level of an Osiris osiris.yaml, else warning"
+)
 def coordinator_main(
     config_path: str | None,
     bind: str | None,
@@ -124,15 +126,16 @@ def coordinator_main(
     no_curve: bool,
     insecure: bool,
     private_dir: str | None,
-    log_level: str,
+    log_level: str | None,
 ) -> None:
     """Run the coordinator: accepts workers and runs, schedules tasks."""
     from osiris_flight.cluster.coordinator import Coordinator, CoordinatorOptions
     from osiris_flight.cluster.curve import curve_keys
     from osiris_flight.cluster.private_dir import control_address
 
-    _logging(log_level)
     config = _config(config_path)
+    log_level = log_level or config.osiris.log_level or "warning"
+    _logging(log_level)
     engine = config.engine
     curve = None
     if not no_curve:
@@ -220,7 +223,9 @@ def coordinator_main(
     help="join a coordinator beyond this host without CURVE keys, or serve Flight beyond it without TLS "
     "(control messages or task data in clear on the network)",
 )
-@click.option("--log-level", default="warning", show_default=True)
+@click.option(
+    "--log-level", default=None, help="default: logging.level of an Osiris osiris.yaml, else warning"
+)
 def worker_main(
     config_path: str | None,
     coordinator: str | None,
@@ -242,17 +247,17 @@ def worker_main(
     tls_key: str | None,
     tls_ca: str | None,
     insecure: bool,
-    log_level: str,
+    log_level: str | None,
 ) -> None:
     """Run a worker: joins a coordinator, runs tasks, serves outputs over Arrow Flight."""
     from osiris_flight.cluster.curve import client_keys, curve_keys
     from osiris_flight.cluster.worker import Worker, WorkerOptions
     from osiris_flight.data.tls import is_loopback, load_flight_tls
 
-    _logging(log_level)
+    config = _config(config_path)
+    _logging(log_level or config.osiris.log_level or "warning")
     allocator.tune()
     allow_deep_chains()  # before any task thread starts
-    config = _config(config_path)
     engine = config.engine
     address = coordinator or config.cluster.coordinator
     if not address:

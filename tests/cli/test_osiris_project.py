@@ -12,11 +12,13 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.cluster.conftest import Result, assert_no_orphans, osiris
+from osiris_flight.cluster.client import Client
+from tests.cluster.conftest import BIN, Result, assert_no_orphans, cli_env, osiris, start_coordinator
 from tests.mysql.conftest import MySQLServer
 from tests.osiris_reference import osiris_reference
 
@@ -316,3 +318,54 @@ def test_an_example_needing_a_hosted_service_fails_validation_naming_it(
     for name in others:
         result = osiris(["validate", add_pipeline(project, name)], project)
         assert result.code == 2 and "'supabase.writer' is not available here" in result.stderr, name
+
+
+def test_daemons_in_an_osiris_project_take_its_log_level_and_base_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``osiris-coordinator`` and ``osiris-worker`` started with the project's osiris.yaml: they log
+    at its logging.level (no warning of their own), and the worker resolves relative paths under
+    its filesystem.base_path."""
+    project = make_project(tmp_path, monkeypatch)
+    base = tmp_path / "srv"
+    (base / "data").mkdir(parents=True)
+    (base / "data" / "in.csv").write_text("id\n1\n2\n", encoding="utf-8")
+    config = project / "osiris.yaml"
+    config.write_text(
+        config.read_text(encoding="utf-8").replace('base_path: ""', f'base_path: "{base}"'), encoding="utf-8"
+    )
+    coordinator, address = start_coordinator(project, "--config", "osiris.yaml")
+    worker = subprocess.Popen(
+        [
+            str(BIN / "osiris-worker"),
+            "--config",
+            "osiris.yaml",
+            "--coordinator",
+            address,
+            "--worker-id",
+            "w1",
+        ],
+        cwd=project,
+        env=cli_env(),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        with Client(address) as client:
+            client.wait_for_workers(1, timeout_s=60)
+        (project / "p.yaml").write_text(
+            'oml_version: "0.1.0"\nname: copy\nsteps:\n'
+            "- id: read\n  component: filesystem.csv_extractor\n  mode: read\n  config: {path: data/in.csv}\n"
+            "- id: write\n  component: filesystem.csv_writer\n  mode: write\n  needs: [read]\n"
+            "  config: {path: out/copy.csv}\n"
+        )
+        result = osiris(["run", "p.yaml", "--cluster", address, "--json"], project)
+        assert result.code == 0, result.stdout + result.stderr
+        assert (base / "out" / "copy.csv").read_text(encoding="utf-8").splitlines() == ['"id"', "1", "2"]
+    finally:
+        worker.terminate()
+        coordinator.terminate()
+        _, stderr = worker.communicate(timeout=30)
+        coordinator.wait(timeout=30)
+    assert "INFO osiris_flight.worker" in stderr and "joined" in stderr
+    assert "warning:" not in stderr and "has no effect" not in stderr
