@@ -34,6 +34,7 @@ The Osiris sections of the file ``osiris init`` writes are accepted next to thes
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
@@ -186,6 +187,12 @@ def _line_index(text: str) -> dict[tuple[str, ...], int]:
 OWN_KEYS = ("engine", "cluster", "run_logs", "connections_file", "plugins")
 
 
+def _unknown_key_hint(key: str) -> str:
+    close = difflib.get_close_matches(key, (*OWN_KEYS, *OSIRIS_KEYS), n=1)
+    valid = f"valid keys: {', '.join(OWN_KEYS)}, and Osiris's: {', '.join(sorted(OSIRIS_KEYS))}"
+    return (f"did you mean '{close[0]}'? " if close else "") + valid
+
+
 def load_config(path: str | Path | None = None) -> Config:
     """Read ``path`` (or ./osiris.yaml when present); a missing default file means all defaults."""
     if path is None:
@@ -225,10 +232,7 @@ def load_config(path: str | Path | None = None) -> Config:
                     file=file,
                     field=k,
                     line=line_of(k),
-                    hint="valid keys: "
-                    + ", ".join(OWN_KEYS)
-                    + "; and Osiris's (accepted, mostly without effect): "
-                    + ", ".join(sorted(OSIRIS_KEYS)),
+                    hint=_unknown_key_hint(k),
                 )
                 for k in unknown
             ]

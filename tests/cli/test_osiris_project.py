@@ -226,7 +226,7 @@ def test_a_key_neither_osiris_nor_ours_is_still_an_error(
     config.write_text(text + "engnie:\n  workers: 2\n", encoding="utf-8")
     result = osiris(["validate", pipeline], project)
     assert result.code == 2
-    assert f"error: osiris.yaml:{line}: field 'engnie': unknown key" in result.stderr
+    assert f"error: osiris.yaml:{line}: field 'engnie': unknown key (did you mean 'engine'?" in result.stderr
     assert "Traceback" not in result.stderr
     config.write_text(text + "engine:\n  workers: 2\n  slots: 4\n", encoding="utf-8")
     result = osiris(["run", pipeline], project)
