@@ -27,11 +27,16 @@ run_logs: run_logs
 connections_file: null      # default: $OSIRIS_CONNECTIONS_FILE, then ./osiris_connections.yaml
 plugins: []                 # modules with extra COMPONENTS
 ```
+
+The Osiris sections of the file ``osiris init`` writes are accepted next to these
+(``osiris_settings.py`` says which are read); any other top-level key is an error.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -39,6 +44,7 @@ from typing import Any
 import yaml
 
 from osiris_flight.errors import InvalidInput, Problem
+from osiris_flight.osiris_settings import OSIRIS_KEYS, OsirisSettings, read_osiris_sections
 
 DEFAULT_CONFIG_FILE = "osiris.yaml"
 
@@ -86,6 +92,7 @@ class Config:
     connections_file: str | None = None
     plugins: tuple[str, ...] = ()
     source: str | None = None
+    osiris: OsirisSettings = field(default_factory=OsirisSettings)  # the Osiris sections
 
 
 _POSITIVE = {
@@ -101,20 +108,30 @@ _POSITIVE = {
 _CHOICES = {"spill_compression": ("zstd", "lz4", "none"), "flight_compression": ("none", "lz4", "zstd")}
 
 
-def _section(cls: type, data: Any, file: str, name: str) -> Any:
+LineOf = Callable[..., "int | None"]
+
+
+def _section(cls: type, data: Any, file: str, name: str, line_of: LineOf) -> Any:
     if data is None:
         return cls()
     if not isinstance(data, dict):
-        raise InvalidInput(Problem("must be a mapping", file=file, field=name))
+        raise InvalidInput(Problem("must be a mapping", file=file, field=name, line=line_of(name)))
     known = {f.name: f for f in fields(cls)}
     problems: list[Problem] = []
     values: dict[str, Any] = {}
     defaults = cls()
     for key, value in data.items():
         where = f"{name}.{key}"
+        line = line_of(name, key)
         if key not in known:
             problems.append(
-                Problem("unknown key", file=file, field=where, hint="valid keys: " + ", ".join(sorted(known)))
+                Problem(
+                    "unknown key",
+                    file=file,
+                    field=where,
+                    line=line,
+                    hint="valid keys: " + ", ".join(sorted(known)),
+                )
             )
             continue
         expected = type(getattr(defaults, key))
@@ -126,10 +143,12 @@ def _section(cls: type, data: Any, file: str, name: str) -> Any:
         if getattr(defaults, key) is None:
             expected = str
         if not isinstance(value, expected) or isinstance(value, bool) != (expected is bool):
-            problems.append(Problem(f"expected {expected.__name__}, got {value!r}", file=file, field=where))
+            problems.append(
+                Problem(f"expected {expected.__name__}, got {value!r}", file=file, field=where, line=line)
+            )
             continue
         if key in _POSITIVE and value <= 0:
-            problems.append(Problem(f"must be positive, got {value!r}", file=file, field=where))
+            problems.append(Problem(f"must be positive, got {value!r}", file=file, field=where, line=line))
             continue
         if key in _CHOICES and value not in _CHOICES[key]:
             problems.append(
@@ -137,6 +156,7 @@ def _section(cls: type, data: Any, file: str, name: str) -> Any:
                     f"invalid value {value!r}",
                     file=file,
                     field=where,
+                    line=line,
                     hint="expected one of: " + ", ".join(_CHOICES[key]),
                 )
             )
@@ -147,6 +167,32 @@ def _section(cls: type, data: Any, file: str, name: str) -> Any:
     return replace(defaults, **values)
 
 
+def _line_index(text: str) -> dict[tuple[str, ...], int]:
+    """Line (1-based) of each top-level key and of each key one level below it."""
+    lines: dict[tuple[str, ...], int] = {}
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:  # safe_load already accepted the text; a line is a nicety
+        return lines
+    if not isinstance(root, yaml.MappingNode):
+        return lines
+    for key, value in root.value:
+        lines[(str(key.value),)] = key.start_mark.line + 1
+        if isinstance(value, yaml.MappingNode):
+            for sub, _ in value.value:
+                lines[(str(key.value), str(sub.value))] = sub.start_mark.line + 1
+    return lines
+
+
+OWN_KEYS = ("engine", "cluster", "run_logs", "connections_file", "plugins")
+
+
+def _unknown_key_hint(key: str) -> str:
+    close = difflib.get_close_matches(key, (*OWN_KEYS, *OSIRIS_KEYS), n=1)
+    valid = f"valid keys: {', '.join(OWN_KEYS)}, and Osiris's: {', '.join(sorted(OSIRIS_KEYS))}"
+    return (f"did you mean '{close[0]}'? " if close else "") + valid
+
+
 def load_config(path: str | Path | None = None) -> Config:
     """Read ``path`` (or ./osiris.yaml when present); a missing default file means all defaults."""
     if path is None:
@@ -155,7 +201,8 @@ def load_config(path: str | Path | None = None) -> Config:
         path = DEFAULT_CONFIG_FILE
     file = str(path)
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        text = Path(path).read_text(encoding="utf-8")
+        data = yaml.safe_load(text)
     except FileNotFoundError:
         raise InvalidInput(Problem("config file not found", file=file)) from None
     except yaml.YAMLError as exc:
@@ -171,28 +218,57 @@ def load_config(path: str | Path | None = None) -> Config:
         data = {}
     if not isinstance(data, dict):
         raise InvalidInput(Problem("top level must be a mapping", file=file))
-    allowed = {"engine", "cluster", "run_logs", "connections_file", "plugins"}
-    unknown = sorted(set(data) - allowed)
+    index = _line_index(text)
+
+    def line_of(*key: str) -> int | None:
+        return index.get(tuple(key)) or index.get(tuple(key[:1]))
+
+    unknown = [str(k) for k in data if k not in OWN_KEYS and k not in OSIRIS_KEYS]
     if unknown:
         raise InvalidInput(
             [
-                Problem("unknown key", file=file, field=k, hint="valid keys: " + ", ".join(sorted(allowed)))
+                Problem(
+                    "unknown key",
+                    file=file,
+                    field=k,
+                    line=line_of(k),
+                    hint=_unknown_key_hint(k),
+                )
                 for k in unknown
             ]
         )
+    osiris, problems = read_osiris_sections(data, file, line_of)
     plugins = data.get("plugins") or []
     if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
-        raise InvalidInput(Problem("must be a list of module names", file=file, field="plugins"))
+        problems.append(
+            Problem("must be a list of module names", file=file, field="plugins", line=line_of("plugins"))
+        )
     for key in ("run_logs", "connections_file"):
         if data.get(key) is not None and not isinstance(data[key], str):
-            raise InvalidInput(Problem("must be a path string", file=file, field=key))
+            problems.append(Problem("must be a path string", file=file, field=key, line=line_of(key)))
+    run_logs = data.get("run_logs")
+    if isinstance(run_logs, str) and osiris.run_logs_dir is not None and run_logs != osiris.run_logs_dir:
+        problems.append(
+            Problem(
+                f"run_logs ({run_logs!r}) and filesystem.run_logs_dir ({osiris.run_logs_dir!r}) disagree",
+                file=file,
+                field="run_logs",
+                line=line_of("run_logs"),
+                hint="set one of them",
+            )
+        )
+    if problems:
+        raise InvalidInput(problems)
+    if not isinstance(run_logs, str) or osiris.base_path:
+        run_logs = osiris.run_logs() or run_logs
     return Config(
-        engine=_section(EngineConfig, data.get("engine"), file, "engine"),
-        cluster=_section(ClusterConfig, data.get("cluster"), file, "cluster"),
-        run_logs=data.get("run_logs") or "run_logs",
+        engine=_section(EngineConfig, data.get("engine"), file, "engine", line_of),
+        cluster=_section(ClusterConfig, data.get("cluster"), file, "cluster", line_of),
+        run_logs=run_logs or "run_logs",
         connections_file=data.get("connections_file"),
         plugins=tuple(plugins),
         source=file,
+        osiris=osiris,
     )
 
 

@@ -26,7 +26,7 @@ from typing import Any, NoReturn
 
 import click
 
-from osiris_flight.config import load_config
+from osiris_flight.cli.project_config import project_config
 from osiris_flight.errors import EXIT_INVALID_INPUT, EXIT_OK, EXIT_RUN_FAILED, InvalidInput, Problem
 from osiris_flight.oml.connections import (
     CONNECTIONS_ENV,
@@ -308,7 +308,7 @@ def _fail(exc: InvalidInput, as_json: bool) -> NoReturn:
 
 
 def _load(connections_file: str | None, config_path: str | None) -> ConnectionsFile:
-    explicit = connections_file or load_config(config_path).connections_file
+    explicit = connections_file or project_config(config_path).connections_file
     path = locate_connections_file(explicit)
     if path is None:
         raise InvalidInput(

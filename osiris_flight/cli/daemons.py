@@ -78,7 +78,9 @@ def _require_keys(address: str, flag: str, keys_flags: str, insecure: bool, list
 
 def _config(path: str | None) -> Config:
     try:
-        return load_config(path)
+        config = load_config(path)
+        config.osiris.apply_base_path()  # an Osiris filesystem.base_path: where relative paths resolve
+        return config
     except InvalidInput as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
@@ -113,7 +115,9 @@ def _config(path: str | None) -> Config:
     hidden=True,
     help="the embedded cluster: listen on ipc://DIR/control.sock; workers serve Flight on sockets in DIR",
 )
-@click.option("--log-level", default="warning", show_default=True)
+@click.option(
+    "--log-level", default=None, help="default: logging.level of an Osiris osiris.yaml, else warning"
+)
 def coordinator_main(
     config_path: str | None,
     bind: str | None,
@@ -128,15 +132,16 @@ def coordinator_main(
     no_curve: bool,
     insecure: bool,
     private_dir: str | None,
-    log_level: str,
+    log_level: str | None,
 ) -> None:
     """Run the coordinator: accepts workers and runs, schedules tasks."""
     from osiris_flight.cluster.coordinator import Coordinator, CoordinatorOptions
     from osiris_flight.cluster.curve import curve_keys
     from osiris_flight.cluster.private_dir import control_address
 
-    _logging(log_level)
     config = _config(config_path)
+    log_level = log_level or config.osiris.log_level or "warning"
+    _logging(log_level)
     engine = config.engine
     curve = None
     if not no_curve:
@@ -170,6 +175,7 @@ def coordinator_main(
         curve=curve,
         private_dir=private_dir,
         fetch_token_ttl_s=config.cluster.fetch_token_ttl_s,
+        worker_log_level=log_level,
     )
 
     def ready(address: str) -> None:
@@ -225,7 +231,9 @@ def coordinator_main(
     help="join a coordinator beyond this host without CURVE keys, or serve Flight beyond it without TLS "
     "(control messages or task data in clear on the network)",
 )
-@click.option("--log-level", default="warning", show_default=True)
+@click.option(
+    "--log-level", default=None, help="default: logging.level of an Osiris osiris.yaml, else warning"
+)
 def worker_main(
     config_path: str | None,
     coordinator: str | None,
@@ -247,7 +255,7 @@ def worker_main(
     tls_key: str | None,
     tls_ca: str | None,
     insecure: bool,
-    log_level: str,
+    log_level: str | None,
 ) -> None:
     """Run a worker: joins a coordinator, runs tasks, serves outputs over Arrow Flight."""
     from osiris_flight.cluster.curve import client_keys, curve_keys
@@ -255,10 +263,10 @@ def worker_main(
     from osiris_flight.data.tls import load_flight_tls
     from osiris_flight.hosts import is_loopback
 
-    _logging(log_level)
+    config = _config(config_path)
+    _logging(log_level or config.osiris.log_level or "warning")
     allocator.tune()
     allow_deep_chains()  # before any task thread starts
-    config = _config(config_path)
     engine = config.engine
     address = coordinator or config.cluster.coordinator
     if not address:

@@ -17,7 +17,8 @@ import click
 from rich.console import Console
 
 from osiris_flight.cli.keys import keys
-from osiris_flight.config import Config, load_config, with_overrides
+from osiris_flight.cli.project_config import config_notes, project_config
+from osiris_flight.config import Config, with_overrides
 from osiris_flight.errors import (
     EXIT_INTERRUPTED,
     EXIT_INVALID_INPUT,
@@ -77,6 +78,7 @@ def _compile(
     config_path: str | None,
     *,
     optimize: bool | None = False,
+    warn: bool = True,
 ) -> tuple[Config, Any, Any, Any, list[Any] | None]:
     """Config, registry, manifest, plan and the optimizer's rewrites (None when it did not run).
 
@@ -88,7 +90,7 @@ def _compile(
     from osiris_flight.oml.params import parse_param_args
     from osiris_flight.oml.plan import plan_manifest
 
-    config = load_config(config_path)
+    config = project_config(config_path, warn=warn)
     registry = build_registry(config.plugins)
     manifest = compile_pipeline(
         pipeline,
@@ -124,10 +126,12 @@ def validate(
     from osiris_flight.oml.validate import ignored_config
 
     try:
-        _, registry, manifest, plan, _ = _compile(pipeline, params, profile, connections_file, config_path)
+        config, registry, manifest, plan, _ = _compile(
+            pipeline, params, profile, connections_file, config_path, warn=False
+        )
     except OsirisFlightError as exc:
         _fail(exc, as_json)
-    notes = ignored_config(manifest.steps, registry)
+    notes = config_notes(config) + ignored_config(manifest.steps, registry)
     if as_json:
         click.echo(
             json.dumps(
@@ -301,7 +305,7 @@ def run(
             )
     try:
         config = with_overrides(
-            load_config(config_path),
+            project_config(config_path),
             workers=workers,
             memory_limit_mb=memory_limit_mb,
             optimize=False if no_optimize else None,
@@ -341,7 +345,7 @@ def _run_logs(run_logs: str | None, config_path: str | None, as_json: bool) -> P
     if run_logs:
         return Path(run_logs)
     try:
-        return Path(load_config(config_path).run_logs)
+        return Path(project_config(config_path).run_logs)
     except OsirisFlightError as exc:
         _fail(exc, as_json)
 

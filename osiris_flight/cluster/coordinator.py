@@ -79,6 +79,7 @@ class CoordinatorOptions:
     # directory, and the workers it spawns serve Flight on Unix sockets there.
     private_dir: str | None = None
     fetch_token_ttl_s: float = fetch_token.DEFAULT_TTL_S  # lifetime of Flight fetch tokens
+    worker_log_level: str = "warning"  # --log-level of the workers it spawns
 
 
 @dataclass
@@ -244,6 +245,8 @@ class Coordinator:
             "--shrink-batches" if o.shrink_batches else "--no-shrink-batches",
             "--parent-pid",
             str(os.getpid()),
+            "--log-level",
+            o.worker_log_level,
         ]
         if o.spill_dir:
             cmd += ["--spill-dir", o.spill_dir]

@@ -27,7 +27,7 @@ from osiris_flight.config import Config
 @dataclass
 class LocalCluster:
     config: Config
-    log_level: str = "warning"
+    log_level: str | None = None  # default: logging.level of an Osiris osiris.yaml, else warning
     start_timeout_s: float = 60.0
     process: subprocess.Popen[str] | None = None
     address: str = ""
@@ -63,7 +63,7 @@ class LocalCluster:
             "--announce",
             "--no-curve",  # the private directory keeps others out; cluster.curve_* are for a remote cluster
             "--log-level",
-            self.log_level,
+            self.log_level or self.config.osiris.log_level or "warning",
         ]
         if self.config.source:
             cmd += ["--config", self.config.source]

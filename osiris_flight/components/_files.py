@@ -35,15 +35,22 @@ from osiris_flight.errors import TerminalError
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
-def resolve_path(path: str) -> Path:
-    """An absolute path stays; a relative one is taken from the process's working directory.
+BASE_PATH_ENV = "OSIRIS_FILESYSTEM_BASE"  # Osiris's name; osiris_settings.py sets it from osiris.yaml
 
-    In the default local mode the workers inherit the directory ``osiris-flight run`` was started
-    in, so relative paths mean what they mean to Osiris. (``ctx.work_dir`` is not used: it is a
-    per-task scratch directory that is deleted when the task ends.)
+
+def resolve_path(path: str) -> Path:
+    """An absolute path stays; a relative one is taken from ``$OSIRIS_FILESYSTEM_BASE`` (Osiris's
+    ``filesystem.base_path``, which ``osiris-flight`` exports from osiris.yaml) when set, else from
+    the process's working directory.
+
+    In the default local mode the workers inherit both from ``osiris-flight run``, so relative paths
+    mean what they mean to Osiris. (``ctx.work_dir`` is not used: it is a per-task scratch directory
+    that is deleted when the task ends.)
     """
     candidate = Path(os.path.expanduser(path))
-    return candidate if candidate.is_absolute() else Path.cwd() / candidate
+    if candidate.is_absolute():
+        return candidate
+    return Path(os.environ.get(BASE_PATH_ENV) or Path.cwd()) / candidate
 
 
 def partition_target(ctx: StepContext, target: Path) -> Path:

@@ -1,6 +1,6 @@
 """Connections: ``@family.alias`` references in step configs, defined in ``osiris_connections.yaml``.
 
-The file is Osiris's format::
+The file is Osiris's format (``version: "1.0"`` as ``osiris init`` writes it, or ``1``)::
 
     version: 1
     connections:
@@ -49,7 +49,10 @@ __all__ = [
 
 CONNECTIONS_ENV = "OSIRIS_CONNECTIONS_FILE"
 CONNECTIONS_FILENAME = "osiris_connections.yaml"
+HOME_ENV = "OSIRIS_HOME"  # Osiris's project directory; its connections file is looked up first
 CONNECTIONS_VERSION = 1
+# Version 1 as written: ``osiris init`` writes ``version: "1.0"``, Osiris's own tests ``version: 1``.
+ACCEPTED_VERSIONS = (1, "1", 1.0, "1.0")
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 _REF = re.compile(r"^@([A-Za-z0-9_-]+)(?:\.([A-Za-z0-9_-]+))?$")
 _WHERE_HINT = (
@@ -80,11 +83,14 @@ class ConnectionsFile:
         return sorted(self.connections.get(family, {}))
 
     def default_alias(self, family: str) -> str | None:
-        """The alias ``@family`` means: the one marked ``default: true``, else the only one."""
+        """The alias ``@family`` means: the one marked ``default: true``, else one named
+        ``default`` (Osiris's second rule), else the only one."""
         aliases = self.connections.get(family, {})
         marked = [a for a, fields in aliases.items() if fields.get("default") is True]
         if marked:
             return marked[0]
+        if "default" in aliases:
+            return "default"
         return next(iter(aliases)) if len(aliases) == 1 else None
 
     def line_of(self, *path: str | int) -> int | None:
@@ -98,15 +104,17 @@ def locate_connections_file(
     cwd: Path | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> Path | None:
-    """Explicit path, else ``$OSIRIS_CONNECTIONS_FILE``, else ``./osiris_connections.yaml``, else one
-    next to the pipeline file. An explicit or environment path is returned even when missing, so
-    that loading it reports the mistake instead of silently falling back."""
+    """Explicit path, else ``$OSIRIS_CONNECTIONS_FILE``, else ``$OSIRIS_HOME/osiris_connections.yaml``
+    (Osiris looks there first), else ``./osiris_connections.yaml``, else one next to the pipeline
+    file. An explicit or environment path is returned even when missing, so that loading it reports
+    the mistake instead of silently falling back."""
     env = os.environ if environ is None else environ
     if explicit is not None:
         return Path(explicit)
     if env.get(CONNECTIONS_ENV):
         return Path(env[CONNECTIONS_ENV])
-    candidates = [(cwd or Path.cwd()) / CONNECTIONS_FILENAME]
+    candidates = [Path(env[HOME_ENV].strip()) / CONNECTIONS_FILENAME] if env.get(HOME_ENV, "").strip() else []
+    candidates.append((cwd or Path.cwd()) / CONNECTIONS_FILENAME)
     if pipeline is not None:
         candidates.append(Path(pipeline).parent / CONNECTIONS_FILENAME)
     return next((c for c in candidates if c.is_file()), None)
@@ -135,11 +143,11 @@ def load_connections(path: str | Path) -> ConnectionsFile:
             report(f"unknown key '{key}'", (key,), "valid keys: version, connections")
     if "version" not in data:
         report("missing 'version'", (), f"add 'version: {CONNECTIONS_VERSION}'")
-    elif data["version"] != CONNECTIONS_VERSION:
+    elif isinstance(data["version"], bool) or data["version"] not in ACCEPTED_VERSIONS:
         report(
             f"connections file version {data['version']!r} is not supported",
             ("version",),
-            f"expected {CONNECTIONS_VERSION}",
+            f'expected {CONNECTIONS_VERSION} (or "1.0", as osiris init writes it)',
         )
     families = data.get("connections")
     result: dict[str, dict[str, dict[str, Any]]] = {}
@@ -338,7 +346,7 @@ def _lookup(conns: ConnectionsFile, ref: str) -> tuple[tuple[str, str] | None, s
                 ),
                 (
                     f"write @{family}.<alias> (aliases: {', '.join(aliases) or 'none'}) "
-                    "or mark one default: true"
+                    "or mark one default: true (or name it 'default')"
                 ),
             )
     elif alias not in conns.connections[family]:

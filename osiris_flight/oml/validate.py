@@ -22,6 +22,14 @@ from osiris_flight.oml.schema_errors import schema_problems, valid_choices_hint
 # effect here; its value says why. validate and run name each one a pipeline sets.
 IGNORED_KEYWORD = "x-osiris-ignored"
 
+# Osiris's components for hosted services this engine has no component for, and the service.
+OSIRIS_SERVICE_COMPONENTS = {
+    "supabase.extractor": "Supabase (a hosted service)",
+    "supabase.writer": "Supabase (a hosted service)",
+    "posthog.extractor": "the PostHog API",
+    "graphql.extractor": "a GraphQL API",
+}
+
 
 @dataclass(frozen=True)
 class ColumnUse:
@@ -231,6 +239,20 @@ def check_steps(
     validators: dict[str, Draft202012Validator] = {}
     for step in doc.steps:
         spec = registry.get(step.component)
+        if spec is None and step.component in OSIRIS_SERVICE_COMPONENTS:
+            problems.append(
+                _at(
+                    doc,
+                    step,
+                    f"component '{step.component}' is not available here: it is an Osiris component "
+                    f"that needs {OSIRIS_SERVICE_COMPONENTS[step.component]}, which this engine does not "
+                    "connect to",
+                    "component",
+                    "run this pipeline with Osiris, or plug Osiris's driver in as a component "
+                    "(docs/osiris-compat.md, Osiris drivers)",
+                )
+            )
+            continue
         if spec is None:
             problems.append(
                 _at(

@@ -30,7 +30,8 @@ def cli_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env["OSIRIS_FLIGHT_PLUGINS"] = "tests.chaos,tests.osiris_plugin"
-    env.pop("OSIRIS_CONNECTIONS_FILE", None)
+    for name in ("OSIRIS_CONNECTIONS_FILE", "OSIRIS_HOME", "OSIRIS_FILESYSTEM_BASE"):  # set by tests only
+        env.pop(name, None)
     return env
 
 

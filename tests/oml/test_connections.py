@@ -217,3 +217,45 @@ def test_check_references_raises_once_with_every_problem(write, registry, conns)
         check_references(manifest, conns, environ={})
     assert len(info.value.problems) == 2  # primary and replica both need MYSQL_PASSWORD
     assert SECRET not in str(info.value)
+
+
+def test_version_1_0_as_osiris_init_writes_it(tmp_path):
+    """``osiris init`` writes ``version: "1.0"``; Osiris's tests write ``version: 1``: both load. A
+    version that is not 1 is still refused, naming its line."""
+    for version in ('"1.0"', "1.0", "1", '"1"'):
+        path = tmp_path / "c.yaml"
+        path.write_text(
+            f"version: {version}\nconnections:\n  duckdb:\n    memory: {{database: ':memory:'}}\n"
+        )
+        assert load_connections(path).aliases("duckdb") == ["memory"]
+    for version in ('"2.0"', "true", "1.1"):
+        path.write_text(f"version: {version}\nconnections: {{}}\n")
+        problem = find(problems_of(load_connections, path), "is not supported")
+        assert problem.line == 1 and '"1.0"' in (problem.hint or "")
+
+
+def test_osiris_lookup_rules_osiris_home_and_an_alias_named_default(tmp_path):
+    """Osiris looks for the file in ``$OSIRIS_HOME`` first, and ``@family`` without a ``default:
+    true`` alias means the alias named ``default``."""
+    home, here = tmp_path / "home", tmp_path / "here"
+    home.mkdir()
+    here.mkdir()
+    (here / "osiris_connections.yaml").write_text("version: 1\n")
+    assert (
+        locate_connections_file(cwd=here, environ={"OSIRIS_HOME": str(home)})
+        == here / "osiris_connections.yaml"
+    )
+    (home / "osiris_connections.yaml").write_text(
+        'version: "1.0"\nconnections:\n  mysql:\n    default: {host: a}\n    other: {host: b}\n'
+    )
+    found = locate_connections_file(cwd=here, environ={"OSIRIS_HOME": str(home)})
+    assert found == home / "osiris_connections.yaml"
+    assert locate_connections_file(
+        cwd=here, environ={"OSIRIS_HOME": str(home), CONNECTIONS_ENV: "/e.yaml"}
+    ) == Path("/e.yaml")
+    conns = load_connections(found)
+    assert conns.default_alias("mysql") == "default"
+    (home / "osiris_connections.yaml").write_text(
+        "version: 1\nconnections:\n  mysql:\n    default: {host: a}\n    other: {host: b, default: true}\n"
+    )
+    assert load_connections(home / "osiris_connections.yaml").default_alias("mysql") == "other"
