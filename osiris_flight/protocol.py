@@ -50,9 +50,13 @@ PROTOCOL_VERSION = 4
 # ("run_event", one event per message; RunEvents carries what a coordinator pass produced).
 
 # The largest frame any socket of the cluster accepts (ZMQ_MAXMSGSIZE on every control socket):
-# far above a real manifest (5,000 steps of SQL transforms encode to 1.4 MB) and far below what
-# would hurt a coordinator's memory. A bigger frame makes libzmq drop the sender's connection.
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# above a real manifest (5,000 steps of SQL transforms encode to 1.4 MB). It also bounds memory a
+# peer can make a daemon spend: decoded msgpack can take ~80x its frame (a frame of empty maps),
+# and a stranger's unfinished CURVE handshake frame is buffered up to it. A bigger frame makes
+# libzmq drop the sender's connection.
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+# A connection that has not completed its handshake (CURVE: proved its key) by then is dropped.
+HANDSHAKE_TIMEOUT_MS = 10_000
 MAX_PARTITIONS = 65536
 MAX_ATTEMPT = 2**31 - 1
 
@@ -147,10 +151,11 @@ def decode(data: bytes) -> Message:
     if not isinstance(body, dict):
         raise ProtocolError("message is not a map")
     version = body.pop("v", None)
+    if type(version) is not int:  # not a message of any version: malformed
+        raise ProtocolError(f"message has no protocol version (this peer speaks {PROTOCOL_VERSION})")
     if version != PROTOCOL_VERSION:
-        shown = version if version is None or type(version) is int else f"{str(version)[:20]}"
         raise VersionMismatch(
-            f"protocol version {shown!r} is not supported (this peer speaks {PROTOCOL_VERSION})"
+            f"protocol version {version!r} is not supported (this peer speaks {PROTOCOL_VERSION})"
         )
     op = body.pop("op", None)
     cls = _REGISTRY.get(op) if isinstance(op, str) else None

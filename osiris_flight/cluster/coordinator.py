@@ -126,6 +126,7 @@ class Coordinator:
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         # A bigger frame drops its sender's connection before it is buffered (protocol.py).
         self.sock.setsockopt(zmq.MAXMSGSIZE, p.MAX_MESSAGE_BYTES)
+        self.sock.setsockopt(zmq.HANDSHAKE_IVL, p.HANDSHAKE_TIMEOUT_MS)
         self._authenticator = None
         self._key_roles: KeyRoles | None = None
         if options.curve is not None:

@@ -74,7 +74,7 @@ def test_ticket_is_a_protocol_message() -> None:
     ("body", "error"),
     [
         ({"v": 999, "op": "shutdown"}, "protocol version 999 is not supported"),
-        ({"op": "shutdown"}, "protocol version None"),
+        ({"op": "shutdown"}, "message has no protocol version"),
         ({"v": p.PROTOCOL_VERSION, "op": "launch_missiles"}, "unknown op 'launch_missiles'"),
         (
             {"v": p.PROTOCOL_VERSION, "op": "cancel_task", "run_id": "r"},
@@ -457,8 +457,36 @@ def test_a_worker_drops_a_coordinator_sending_an_oversize_frame() -> None:
         ctx.destroy(linger=0)
     assert worker.returncode == 3
     assert (
-        "it broke the protocol (a frame over 64 MiB?) and the link is gone" in err and "Traceback" not in err
+        f"it broke the protocol (a frame over {p.MAX_MESSAGE_BYTES >> 20} MiB?) and the link is gone" in err
+        and "Traceback" not in err
     )
+
+
+def test_a_worker_leaves_a_coordinator_that_speaks_another_version() -> None:
+    """After an upgrade of its coordinator, an old worker stops (exit 3) so that its supervisor
+    starts the new version, instead of skipping every message for ever."""
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    worker = subprocess.Popen(
+        [str(BIN / "osiris-worker"), "--coordinator", f"tcp://127.0.0.1:{port}", "--worker-id", "w"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert router.poll(30_000), "the worker never registered"
+        identity, _ = router.recv_multipart()
+        router.send_multipart([identity, p.encode(p.Welcome("w", heartbeat_interval_s=0.2))])
+        newer = p.CancelTask("r", "s0.p0", 1).to_wire() | {"v": p.PROTOCOL_VERSION + 1}
+        router.send_multipart([identity, msgpack.packb(newer)])
+        _, err = worker.communicate(timeout=60)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+        router.close(linger=0)
+        ctx.destroy(linger=0)
+    assert worker.returncode == 3
+    assert f"protocol version {p.PROTOCOL_VERSION + 1} is not supported" in err and "Traceback" not in err
 
 
 def test_a_client_drops_a_peer_sending_an_oversize_frame() -> None:

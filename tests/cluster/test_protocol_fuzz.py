@@ -108,9 +108,20 @@ def field_swapped(draw: st.DrawFn, body: dict[str, Any]) -> dict[str, Any]:
     return body | {draw(st.sampled_from(names)): draw(JUNK)}
 
 
+def _obeyed(frame: bytes) -> bool:
+    """A Shutdown, or a message of another protocol version: a worker obeys the first and leaves a
+    coordinator speaking another version (exit 3, so its supervisor restarts it with the new one)."""
+    try:
+        body = msgpack.unpackb(frame, raw=False, strict_map_key=False)
+    except Exception:
+        return False
+    version = body.get("v") if isinstance(body, dict) else None
+    return p.peek_op(frame) == "shutdown" or (type(version) is int and version != p.PROTOCOL_VERSION)
+
+
 def frames(samples: list[p.Message]) -> st.SearchStrategy[bytes]:
-    """Valid, mutated and truncated encodings of ``samples``, and random bytes; never a Shutdown
-    (a valid one is obeyed, as it should be)."""
+    """Valid, mutated and truncated encodings of ``samples``, and random bytes; never one a worker
+    obeys by stopping (``_obeyed``)."""
     bodies = st.sampled_from([m.to_wire() for m in samples])
     valid = bodies.map(_pack)
     truncated = st.tuples(valid, st.integers(min_value=0)).map(lambda t: t[0][: t[1] % len(t[0])])
@@ -119,7 +130,7 @@ def frames(samples: list[p.Message]) -> st.SearchStrategy[bytes]:
         bodies.flatmap(mutated).map(_pack), bodies.flatmap(mutated).flatmap(mutated).map(_pack)
     )
     return st.one_of(swapped, swapped, mutations, truncated, st.binary(max_size=64), valid).filter(
-        lambda frame: p.peek_op(frame) != "shutdown"
+        lambda frame: not _obeyed(frame)
     )
 
 
