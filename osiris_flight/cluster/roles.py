@@ -95,8 +95,10 @@ def record_owner(run_dir: Path, peer: Peer) -> None:
 def resume_refusal(run_dir: Path, peer: Peer) -> str | None:
     """Why ``peer`` may not resume the run in ``run_dir``; None if it may (an admin always may)."""
     path = run_dir / OWNER_FILE
-    if peer.admin or not path.exists():
+    if peer.admin:
         return None
+    if not path.exists():  # started without CURVE keys (every peer an admin then): nobody owns it
+        return "the run has no recorded owner (it was started without CURVE keys); an admin can resume it"
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
         version, owner = record["owner_version"], record["principal"]

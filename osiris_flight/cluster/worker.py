@@ -28,6 +28,7 @@ import traceback
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,7 @@ from osiris_flight.runtime.task_runner import TaskRun, TaskSpec, run_task
 log = logging.getLogger("osiris_flight.worker")
 
 PROGRESS_INTERVAL_S = 0.5
+STOP_GRACE_S = 5.0  # how long a stopping worker waits for its cancelled tasks to end
 # libzmq reconnects a dropped connection at once (and says so: CONNECT_RETRIED), except one it
 # dropped itself for a protocol error, such as a frame over MAX_MESSAGE_BYTES: then it never does,
 # and the coordinator's side keeps the worker's identity, so connecting again is refused too. A drop
@@ -144,6 +146,7 @@ class Worker:
         self._rejoin_deadline = 0.0  # while rejoining: give up (exit 3) when no Welcome came by then
         # Task threads are reused (starting a thread per task cost ~1 ms under load).
         self._pool = ThreadPoolExecutor(max_workers=options.slots + 2, thread_name_prefix="task")
+        self._running: set[Future[None]] = set()
         self._thread_state = threading.local()
         self.heartbeat_interval_s = options.heartbeat_interval_s
         self._zmq = zmq.Context()
@@ -200,9 +203,13 @@ class Worker:
             sock.close(linger=500)
             inbox.close(linger=0)
             self.flight.shutdown()
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            # The cancelled tasks stop at their next batch: let them, so that none recreates its
+            # scratch directory after the spill directory is gone (it would be left behind).
+            futures_wait(self._running, timeout=STOP_GRACE_S)
             self.store.close()
             shutil.rmtree(self.spill_dir, ignore_errors=True)
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._spill_owner.close()
             # destroy, not term: idle pool threads still hold their report sockets.
             self._zmq.destroy(linger=0)
 
@@ -415,7 +422,10 @@ class Worker:
         )
         task = TaskRun(spec)
         self.tasks[(msg.run_id, msg.task_id, msg.attempt)] = task
-        self._pool.submit(self._run_task, task, msg.inputs).add_done_callback(_log_escape)
+        future = self._pool.submit(self._run_task, task, msg.inputs)
+        self._running.add(future)
+        future.add_done_callback(self._running.discard)
+        future.add_done_callback(_log_escape)
 
     def _run_task(self, task: TaskRun, inputs: dict[str, list[dict[str, object]]]) -> None:
         spec = task.spec

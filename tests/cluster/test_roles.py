@@ -16,6 +16,7 @@ import zmq.auth
 from osiris_flight import protocol as p
 from osiris_flight.cluster.client import Client
 from osiris_flight.cluster.curve import CurveKeys
+from osiris_flight.cluster.roles import Peer, Role, record_owner, resume_refusal
 from osiris_flight.components.registry import build_registry
 from osiris_flight.oml.compile import compile_pipeline
 from osiris_flight.oml.plan import plan_manifest
@@ -466,3 +467,16 @@ def test_keys_cluster_makes_every_key_in_place_and_never_overwrites(tmp_path: Pa
     }
     again = osiris(["keys", "cluster", str(tmp_path / "k")], tmp_path)
     assert again.code == 2 and "exist" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_a_run_without_a_recorded_owner_is_resumed_only_by_an_admin(tmp_path: Path) -> None:
+    """A run started on a coordinator without keys has no owner.json: on a CURVE coordinator only an
+    admin may resume it (a client key once resumed, and rewrote, such a run of somebody else's)."""
+    client = Peer(b"c", "key:client", frozenset({Role.CLIENT}))
+    admin = Peer(b"a", "key:admin", frozenset({Role.ADMIN}))
+    refused = resume_refusal(tmp_path, client)
+    assert refused is not None and "no recorded owner" in refused
+    assert resume_refusal(tmp_path, admin) is None
+    record_owner(tmp_path, client)
+    assert resume_refusal(tmp_path, client) is None
+    assert resume_refusal(tmp_path, Peer(b"o", "key:other", frozenset({Role.CLIENT}))) is not None
