@@ -221,8 +221,12 @@ steps:
 
 
 def test_a_sigkilled_runs_directory_goes_at_the_next_start_and_a_live_runs_directory_stays(
-    workdir: Path,
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Private directories go in a runtime directory of this test's own: an embedded run of anybody
+    # else on the machine (same user) would otherwise clean up the orphan before this test looks.
+    runtime = Path(tempfile.mkdtemp(prefix="xdg-"))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
     # A directory whose process lives: another embedded cluster of the same user, still running.
     # (Made first: making one removes the stale ones, which must be left to the run below.)
     holder = subprocess.Popen(
@@ -262,8 +266,10 @@ def test_a_sigkilled_runs_directory_goes_at_the_next_start_and_a_live_runs_direc
     finally:
         holder.kill()
         holder.wait()
+    assert live.parent == runtime  # the runtime directory was used, so the test was undisturbed
     assert live in private_dir.remove_stale(live.parent)
     assert not live.exists()
+    shutil.rmtree(runtime, ignore_errors=True)
 
 
 def test_ctrl_c_leaves_neither_a_process_nor_the_private_directory(workdir: Path) -> None:
