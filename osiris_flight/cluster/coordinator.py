@@ -79,6 +79,7 @@ class CoordinatorOptions:
     # directory, and the workers it spawns serve Flight on Unix sockets there.
     private_dir: str | None = None
     fetch_token_ttl_s: float = fetch_token.DEFAULT_TTL_S  # lifetime of Flight fetch tokens
+    file_roots: tuple[str, ...] | None = None  # engine.file_roots of the workers it spawns
 
 
 @dataclass
@@ -261,6 +262,8 @@ class Coordinator:
         ]
         if o.spill_dir:
             cmd += ["--spill-dir", o.spill_dir]
+        for root in o.file_roots or ():
+            cmd += ["--file-root", root]
         if o.private_dir:
             cmd += ["--flight-socket", flight_socket(o.private_dir, worker_id)]
         if self._spawned_keys is not None:  # their own worker-only keypair, never the coordinator's

@@ -102,6 +102,8 @@ class WorkerOptions:
     flight_socket: str | None = None
     curve: CurveKeys | None = None  # the coordinator requires CURVE (curve.py)
     tls: FlightTLS | None = None  # Flight over mutual TLS (data/tls.py)
+    # engine.file_roots: real paths of the directories file components may open (None: anywhere).
+    file_roots: tuple[Path, ...] | None = None
 
 
 class Worker:
@@ -479,6 +481,7 @@ class Worker:
                 log_metric=metric,
                 log_event=event,
                 on_checkpoint=checkpoint,
+                file_roots=self.options.file_roots,
             )
             reply: p.Message = p.TaskFinished(
                 spec.run_id,
