@@ -64,7 +64,7 @@ from osiris_flight.data.rowstream import RowStream
 from osiris_flight.data.tls import FlightTLS
 from osiris_flight.errors import ProtocolError, TerminalError, is_transient
 from osiris_flight.oml.model import task_id as make_task_id
-from osiris_flight.redaction import scrub
+from osiris_flight.redaction import cap, scrub
 from osiris_flight.runtime.task_runner import TaskRun, TaskSpec, run_task
 
 log = logging.getLogger("osiris_flight.worker")
@@ -502,7 +502,7 @@ class Worker:
                 spec.task_id,
                 spec.attempt,
                 self.worker_id,
-                error=scrub(_describe(exc), task.secrets),
+                error=cap(scrub(_describe(exc), task.secrets)),  # scrubbed whole, then cut
                 error_type=type(exc).__name__,
                 transient=is_transient(exc),
                 step_id=task.current_step,

@@ -13,6 +13,7 @@ import pytest
 
 from osiris_flight.cluster.client import Client
 from osiris_flight.cluster.curve import CurveKeys
+from osiris_flight.redaction import MAX_ERROR_CHARS
 from tests.cluster.conftest import BIN, cli_env, events, latest_run_dir, osiris, read_csv, start_coordinator
 
 COPY = """
@@ -219,3 +220,18 @@ def test_bad_file_roots_stop_a_worker_at_start_with_exit_2(tmp_path: Path) -> No
     mistyped = worker()
     assert mistyped.returncode == 2 and "Traceback" not in mistyped.stderr
     assert "engine.file_roots" in mistyped.stderr and "expected a list of paths" in mistyped.stderr
+
+
+def test_a_task_error_reaches_the_client_capped(tmp_path: Path) -> None:
+    """A component's message may quote input (here DuckDB's own error text, 50,000 characters): the
+    worker reports at most MAX_ERROR_CHARS of it, to the client and the run's events."""
+    query = "SELECT error(repeat('row-value ', 5000)) AS x"
+    (tmp_path / "pipeline.yaml").write_text(SQL.replace("QUERY", query).replace("TARGET", "o.csv"))
+    (tmp_path / "osiris.yaml").write_text("engine:\n  workers: 1\n")
+    result = osiris(["run", "pipeline.yaml", "--json"], tmp_path)
+    assert result.code == 1
+    failed = next(e for e in events(latest_run_dir(tmp_path)) if e["event"] == "task_failed")  # type: ignore[arg-type]
+    error = failed["error"]
+    assert error.startswith("step 'peek': DuckDB query failed: Invalid Input Error: row-value row-value")
+    assert len(error) == MAX_ERROR_CHARS and error.endswith("…(truncated)"), len(error)
+    assert result.json()["error"] == error
