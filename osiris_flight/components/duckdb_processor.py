@@ -101,7 +101,7 @@ def _duckdb() -> Any:
         import duckdb
     except ImportError:  # a broken install: duckdb is a declared dependency
         raise TerminalError(
-            "duckdb.processor needs the 'duckdb' package: pip install 'duckdb>=1.0'"
+            "duckdb.processor needs the 'duckdb' package: pip install 'duckdb>=1.1'"
         ) from None
     return duckdb
 
@@ -332,7 +332,7 @@ class DuckDBProcessor(Transform):
                 f"{max(MIN_MEMORY_BYTES, ctx.memory_limit_bytes // 2) >> 20} MiB here, half of the "
                 "worker's memory budget; raise the workers' memory limit)"
             )
-        if isinstance(exc, duckdb.PermissionException):
+        if isinstance(exc, getattr(duckdb, "PermissionException", ())):
             return TerminalError(
                 f"step '{ctx.step_id}': DuckDB query failed: {message} (duckdb.processor reads only its "
                 "inputs, tables df_<step id>: read files with a filesystem.* step upstream)"
@@ -362,7 +362,7 @@ def _arrow_reader(relation: Any, rows: int) -> pa.RecordBatchReader:
         if hasattr(relation, method):
             reader: pa.RecordBatchReader = getattr(relation, method)(rows)
             return reader
-    raise TerminalError("this duckdb version cannot return Arrow record batches; install duckdb>=1.0")
+    raise TerminalError("this duckdb version cannot return Arrow record batches; install duckdb>=1.1")
 
 
 COMPONENTS: list[ComponentSpec] = [
