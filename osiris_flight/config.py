@@ -14,6 +14,8 @@ engine:
   flight_compression: none  # do_get streams between workers: none (loopback, fast LAN) | lz4 | zstd
   shrink_batches: true      # hold batches dictionary-encoded / narrowed (same data out; see shrink.py)
   optimize: true            # push filters and column lists into MySQL reads (docs/optimizer.md)
+  file_roots: null          # workers: the only directories file steps may read and write, e.g.
+                            #   [/srv/osiris/data]; null = anywhere the worker's user can (docs/running.md)
 cluster:
   coordinator: null         # tcp://host:port of a running osiris-coordinator; null = embedded cluster
   curve_secret_key: null    # CurveZMQ (docs/running.md): this process's NAME.key_secret
@@ -63,6 +65,9 @@ class EngineConfig:
     flight_compression: str = "none"
     shrink_batches: bool = True
     optimize: bool = True  # the query optimizer (oml/optimize.py) between compile and plan
+    # Workers: file components open paths only inside these directories (components/_files.py);
+    # None: anywhere the worker's OS user can.
+    file_roots: tuple[str, ...] | None = None
 
     @property
     def memory_limit_bytes(self) -> int:
@@ -105,6 +110,7 @@ _POSITIVE = {
     "heartbeat_misses",
     "fetch_token_ttl_s",
 }
+_PATH_LISTS = {"file_roots"}
 _CHOICES = {"spill_compression": ("zstd", "lz4", "none"), "flight_compression": ("none", "lz4", "zstd")}
 
 
@@ -137,6 +143,12 @@ def _section(cls: type, data: Any, file: str, name: str, line_of: LineOf) -> Any
         expected = type(getattr(defaults, key))
         if value is None and getattr(defaults, key) is None:
             values[key] = None
+            continue
+        if key in _PATH_LISTS:
+            if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+                problems.append(Problem(f"expected a list of paths, got {value!r}", file=file, field=where))
+            else:
+                values[key] = tuple(value)
             continue
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)

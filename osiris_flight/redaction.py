@@ -87,6 +87,17 @@ def scrub(text: str, secrets: set[str]) -> str:
     return text
 
 
+# A task's error as the worker reports it: a component's message may quote input values (a CSV row,
+# the value DuckDB could not convert), so what reaches the client and the run's events is bounded.
+MAX_ERROR_CHARS = 2000
+TRUNCATED = "…(truncated)"
+
+
+def cap(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """``text`` cut to at most ``limit`` characters, ending in ``…(truncated)`` when it was cut."""
+    return text if len(text) <= limit else text[: limit - len(TRUNCATED)] + TRUNCATED
+
+
 def redact(conn: Mapping[str, Any]) -> dict[str, Any]:
     """A copy of ``conn`` fit for display: secret values become ``***``, URL passwords too."""
     return {key: REDACTED if is_secret_key(key) else _redact_value(value) for key, value in conn.items()}

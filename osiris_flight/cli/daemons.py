@@ -19,6 +19,7 @@ import sys
 os.environ.setdefault("ACERO_ALIGNMENT_HANDLING", "ignore")
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 import click
@@ -74,6 +75,19 @@ def _require_keys(address: str, flag: str, keys_flags: str, insecure: bool, list
         err=True,
     )
     sys.exit(2)
+
+
+def _file_roots(roots: tuple[str, ...] | None, where: str) -> tuple[Path, ...] | None:
+    """The real paths of the file roots (exit 2 naming one that is not a directory); None: none set."""
+    from osiris_flight.components._files import real_roots
+
+    if roots is None:
+        return None
+    try:
+        return real_roots(roots)
+    except ValueError as exc:
+        click.echo(f"error: {where}: {exc} (file steps may use only existing directories)", err=True)
+        sys.exit(2)
 
 
 def _config(path: str | None) -> Config:
@@ -176,6 +190,7 @@ def coordinator_main(
         private_dir=private_dir,
         fetch_token_ttl_s=config.cluster.fetch_token_ttl_s,
         worker_log_level=log_level,
+        file_roots=engine.file_roots,
     )
 
     def ready(address: str) -> None:
@@ -222,6 +237,13 @@ def coordinator_main(
 )
 @click.option("--curve-secret-key", default=None, help="CURVE: this worker's NAME.key_secret file")
 @click.option("--curve-server-key", default=None, help="CURVE: the coordinator's public NAME.key file")
+@click.option(
+    "--file-root",
+    "file_roots",
+    multiple=True,
+    help="a directory file steps may read and write (repeat for several; default: engine.file_roots, "
+    "else anywhere this user can)",
+)
 @click.option("--tls-cert", default=None, help="Flight TLS: this worker's certificate (PEM)")
 @click.option("--tls-key", default=None, help="Flight TLS: the certificate's private key (PEM)")
 @click.option("--tls-ca", default=None, help="Flight TLS: the cluster CA certificate (PEM)")
@@ -251,6 +273,7 @@ def worker_main(
     flight_socket: str | None,
     curve_secret_key: str | None,
     curve_server_key: str | None,
+    file_roots: tuple[str, ...],
     tls_cert: str | None,
     tls_key: str | None,
     tls_ca: str | None,
@@ -296,6 +319,12 @@ def worker_main(
             err=True,
         )
         sys.exit(2)
+    roots = _file_roots(file_roots or engine.file_roots, "--file-root" if file_roots else "engine.file_roots")
+    if roots is None and parent_pid is None:
+        logging.getLogger("osiris_flight.worker").warning(
+            "engine.file_roots is not set: file steps of any run may read and write whatever this "
+            "worker's user can; set it (or --file-root) on a shared cluster (docs/running.md)"
+        )
     options = WorkerOptions(
         coordinator=address,
         worker_id=worker_id,
@@ -312,6 +341,7 @@ def worker_main(
         flight_socket=flight_socket,
         curve=curve,
         tls=tls,
+        file_roots=roots,
     )
     sys.exit(Worker(options).run())
 

@@ -31,7 +31,7 @@ import zmq
 from osiris_flight import protocol as p
 from osiris_flight.cluster import scheduler as s
 from osiris_flight.cluster.child_workers import ChildWorkers
-from osiris_flight.cluster.curve import CurveKeys, KeyRoles, secure_server
+from osiris_flight.cluster.curve import CurveKeys, KeyRoles, SpawnedWorkerKeys, secure_server
 from osiris_flight.cluster.private_dir import flight_socket, private_umask
 from osiris_flight.cluster.roles import (
     ALL_ROLES,
@@ -80,6 +80,7 @@ class CoordinatorOptions:
     private_dir: str | None = None
     fetch_token_ttl_s: float = fetch_token.DEFAULT_TTL_S  # lifetime of Flight fetch tokens
     worker_log_level: str = "warning"  # --log-level of the workers it spawns
+    file_roots: tuple[str, ...] | None = None  # engine.file_roots of the workers it spawns
 
 
 @dataclass
@@ -129,8 +130,20 @@ class Coordinator:
         self.sock.setsockopt(zmq.HANDSHAKE_IVL, p.HANDSHAKE_TIMEOUT_MS)
         self._authenticator = None
         self._key_roles: KeyRoles | None = None
+        # Its local workers' own keypair, authorized for the worker role only (curve.py).
+        self._spawned_keys: SpawnedWorkerKeys | None = None
         if options.curve is not None:
-            self._authenticator, self._key_roles = secure_server(self._zmq, self.sock, options.curve)
+            if options.spawn_workers:
+                self._spawned_keys = SpawnedWorkerKeys(options.curve)
+            spawned = self._spawned_keys.public if self._spawned_keys else None
+            try:
+                self._authenticator, self._key_roles = secure_server(
+                    self._zmq, self.sock, options.curve, spawned
+                )
+            except BaseException:
+                if self._spawned_keys is not None:
+                    self._spawned_keys.remove()
+                raise
         try:
             with private_umask() if options.private_dir else contextlib.nullcontext():
                 self.sock.bind(options.bind)  # libzmq makes an ipc:// socket file in this call
@@ -138,6 +151,8 @@ class Coordinator:
             self.sock.close(linger=0)
             if self._authenticator is not None:
                 self._authenticator.stop()
+            if self._spawned_keys is not None:
+                self._spawned_keys.remove()
             self._zmq.term()
             raise InvalidInput(
                 Problem(
@@ -215,6 +230,8 @@ class Coordinator:
         self.sock.close(linger=500)
         if self._authenticator is not None:
             self._authenticator.stop()
+        if self._spawned_keys is not None:
+            self._spawned_keys.remove()
         self._zmq.term()
 
     def _parent_gone(self) -> bool:
@@ -251,10 +268,13 @@ class Coordinator:
         ]
         if o.spill_dir:
             cmd += ["--spill-dir", o.spill_dir]
+        for root in o.file_roots or ():
+            cmd += ["--file-root", root]
         if o.private_dir:
             cmd += ["--flight-socket", flight_socket(o.private_dir, worker_id)]
-        if o.curve is not None:  # its own workers hold the coordinator's keypair (worker and admin)
-            cmd += ["--curve-secret-key", o.curve.secret_key, "--curve-server-key", o.curve.secret_key]
+        if self._spawned_keys is not None:  # their own worker-only keypair, never the coordinator's
+            keys = self._spawned_keys
+            cmd += ["--curve-secret-key", keys.secret_key, "--curve-server-key", keys.server_key]
         else:  # as insecure as their coordinator, which said so in its log
             cmd += ["--insecure"]
         return cmd

@@ -18,6 +18,12 @@ Key files are libzmq's certificate format (``zmq.auth.create_certificates``): ``
 public key, ``NAME.key_secret`` both keys; ``osiris-flight keys create NAME`` writes a pair and
 ``osiris-flight keys cluster DIR`` a whole cluster's (``create_cluster_keys``).
 
+The coordinator's own key holds the admin role only. The local workers a CURVE coordinator spawns
+(``--spawn-workers``) never get it: at start the coordinator makes them an ephemeral keypair
+(``SpawnedWorkerKeys``: a private 0700 directory, the secret file 0600, removed at teardown) that it
+accepts for the worker role alone, so a task that reads its worker's key file learns a worker key
+that dies with this coordinator, never the coordinator's.
+
 The embedded local cluster does not use CURVE. Flight streams are not covered by this module.
 """
 
@@ -33,6 +39,7 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
+from osiris_flight.cluster import private_dir
 from osiris_flight.cluster.roles import ROLE_DIRS, Role
 from osiris_flight.config import ClusterConfig
 from osiris_flight.errors import InvalidInput, Problem
@@ -94,17 +101,17 @@ def _load(path: str, what: str, secret: bool) -> tuple[bytes, bytes | None]:
 
 
 def secure_server(
-    context: zmq.Context, sock: zmq.Socket, keys: CurveKeys
+    context: zmq.Context, sock: zmq.Socket, keys: CurveKeys, spawned_worker: bytes | None = None
 ) -> tuple[ThreadAuthenticator, KeyRoles]:
-    """Make ``sock`` (before it binds) a CURVE server accepting only keys authorized for a role, and
-    the coordinator's own (the workers it spawns use its keypair). Returns the authenticator (stop it
-    when the socket closes) and the roles of the keys that connected, by Z85 key (the User-Id of
-    their messages)."""
+    """Make ``sock`` (before it binds) a CURVE server accepting only keys authorized for a role, the
+    coordinator's own (admin) and ``spawned_worker`` (the public key of its local workers: worker).
+    Returns the authenticator (stop it when the socket closes) and the roles of the keys that
+    connected, by Z85 key (the User-Id of their messages)."""
     public, secret = _load(keys.secret_key, "coordinator's secret key", secret=True)
     directory = Path(keys.authorized_keys) if keys.authorized_keys else None
     if directory is not None:
         check_authorized_dir(directory)
-    roles = KeyRoles(public, directory)
+    roles = KeyRoles(public, directory, spawned_worker)
     authenticator = ThreadAuthenticator(context)
     authenticator.start()
     authenticator.configure_curve_callback(domain="*", credentials_provider=roles)
@@ -199,12 +206,16 @@ class KeyRoles:
     """The credentials provider pyzmq's authenticator asks at each CURVE handshake (keys in Z85),
     which also remembers the roles each accepted key was given, for the coordinator to look up."""
 
-    def __init__(self, own: bytes, directory: Path | None) -> None:
-        self.own, self.directory = own, directory
-        self._roles: dict[str, frozenset[Role]] = {own.decode("ascii"): frozenset({Role.WORKER, Role.ADMIN})}
+    def __init__(self, own: bytes, directory: Path | None, spawned_worker: bytes | None = None) -> None:
+        self.directory = directory
+        # Keys accepted whatever the directory holds: the coordinator's own, and its local workers'.
+        self._fixed = {own: frozenset({Role.ADMIN})}
+        if spawned_worker is not None:
+            self._fixed[spawned_worker] = frozenset({Role.WORKER})
+        self._roles: dict[str, frozenset[Role]] = {k.decode("ascii"): r for k, r in self._fixed.items()}
 
     def callback(self, _domain: str, key: bytes) -> bool:
-        if key == self.own:
+        if key in self._fixed:
             return True
         roles = authorized_roles(self.directory).get(key, frozenset())
         if not roles and self.directory is not None and any(self.directory.glob("*.key")):
@@ -219,6 +230,40 @@ class KeyRoles:
     def of(self, user_id: str) -> frozenset[Role]:
         """The roles of the key whose Z85 form is ``user_id`` (a message's ZAP User-Id)."""
         return self._roles.get(user_id, frozenset())
+
+
+class SpawnedWorkerKeys:
+    """The keypair of the local workers a CURVE coordinator spawns, made fresh at its start in a
+    private directory (private_dir.py: 0700, removed with ``remove()``, or at the next start of a
+    private directory by the same user if this process is killed), with a copy of the coordinator's
+    public key for the workers' ``--curve-server-key``."""
+
+    def __init__(self, coordinator: CurveKeys) -> None:
+        server_public, _ = _load(coordinator.secret_key, "coordinator's secret key", secret=True)
+        self.directory = private_dir.make()
+        try:
+            public_file, secret_file = create_keypair(self.directory, "spawned-worker")
+            self.public, _ = zmq.auth.load_certificate(str(public_file))
+            self.secret_key = str(secret_file)
+            self.server_key = str(self.directory / "coordinator.key")
+            _write_public_key(Path(self.server_key), server_public)
+        except BaseException:
+            self.remove()
+            raise
+
+    def remove(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _write_public_key(path: Path, public: bytes) -> None:
+    """A public certificate file of ``public`` (Z85) that ``zmq.auth.load_certificate`` reads."""
+    text = (
+        "#   ZeroMQ CURVE Public Certificate\n"
+        "#   written by osiris-flight: the coordinator's public key, for the workers it spawned\n\n"
+        f'metadata\ncurve\n    public-key = "{public.decode("ascii")}"\n'
+    )
+    path.write_text(text, encoding="ascii")
+    os.chmod(path, 0o644)
 
 
 # The keys ``create_cluster_keys`` makes: (name, the role its public key is authorized for).

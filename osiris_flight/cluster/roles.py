@@ -2,7 +2,8 @@
 
 With CURVE, a peer's role comes from where its public key is authorized (curve.py: the ``workers/``,
 ``clients/`` and ``admins/`` subdirectories of the authorized keys directory); a key may hold
-several roles. The coordinator's own key (its spawned local workers use it) is worker and admin.
+several roles. The coordinator's own key is admin; the local workers it spawns hold an ephemeral
+key of their own, worker only (curve.py ``SpawnedWorkerKeys``).
 Without CURVE (the embedded cluster, whose socket only its user can reach, or a daemon started with
 ``--insecure``) every peer holds every role.
 """

@@ -65,7 +65,7 @@ from osiris_flight.data.rowstream import RowStream
 from osiris_flight.data.tls import FlightTLS
 from osiris_flight.errors import ProtocolError, TerminalError, is_transient
 from osiris_flight.oml.model import task_id as make_task_id
-from osiris_flight.redaction import scrub
+from osiris_flight.redaction import cap, scrub
 from osiris_flight.runtime.task_runner import TaskRun, TaskSpec, run_task
 
 log = logging.getLogger("osiris_flight.worker")
@@ -104,6 +104,8 @@ class WorkerOptions:
     flight_socket: str | None = None
     curve: CurveKeys | None = None  # the coordinator requires CURVE (curve.py)
     tls: FlightTLS | None = None  # Flight over mutual TLS (data/tls.py)
+    # engine.file_roots: real paths of the directories file components may open (None: anywhere).
+    file_roots: tuple[Path, ...] | None = None
 
 
 class Worker:
@@ -489,6 +491,7 @@ class Worker:
                 log_metric=metric,
                 log_event=event,
                 on_checkpoint=checkpoint,
+                file_roots=self.options.file_roots,
             )
             reply: p.Message = p.TaskFinished(
                 spec.run_id,
@@ -509,7 +512,7 @@ class Worker:
                 spec.task_id,
                 spec.attempt,
                 self.worker_id,
-                error=scrub(_describe(exc), task.secrets),
+                error=cap(scrub(_describe(exc), task.secrets)),  # scrubbed whole, then cut
                 error_type=type(exc).__name__,
                 transient=is_transient(exc),
                 step_id=task.current_step,

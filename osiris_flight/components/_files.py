@@ -38,19 +38,48 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 BASE_PATH_ENV = "OSIRIS_FILESYSTEM_BASE"  # Osiris's name; osiris_settings.py sets it from osiris.yaml
 
 
-def resolve_path(path: str) -> Path:
+def resolve_path(ctx: StepContext, path: str, field: str = "path") -> Path:
     """An absolute path stays; a relative one is taken from ``$OSIRIS_FILESYSTEM_BASE`` (Osiris's
     ``filesystem.base_path``, which ``osiris-flight`` exports from osiris.yaml) when set, else from
-    the process's working directory.
+    the process's working directory; then ``confine`` checks it against the worker's file roots.
 
     In the default local mode the workers inherit both from ``osiris-flight run``, so relative paths
     mean what they mean to Osiris. (``ctx.work_dir`` is not used: it is a per-task scratch directory
     that is deleted when the task ends.)
     """
     candidate = Path(os.path.expanduser(path))
-    if candidate.is_absolute():
-        return candidate
-    return Path(os.environ.get(BASE_PATH_ENV) or Path.cwd()) / candidate
+    if not candidate.is_absolute():
+        candidate = Path(os.environ.get(BASE_PATH_ENV) or Path.cwd()) / candidate
+    return confine(ctx, candidate, field)
+
+
+def confine(ctx: StepContext, path: Path, field: str = "path") -> Path:
+    """``path`` itself when the worker has no file roots; otherwise its real path (every symlink
+    resolved, ``..`` applied) if that is inside one of ``ctx.file_roots``, else a TerminalError
+    naming the step, the field and the roots, raised before anything opens the file. A path that
+    does not exist yet resolves through its existing part, so a writer's new directories count."""
+    roots = ctx.file_roots
+    if roots is None:
+        return path
+    real = Path(os.path.realpath(path))
+    if any(real == root or root in real.parents for root in roots):
+        return real
+    allowed = ", ".join(str(root) for root in roots) or "none"
+    raise TerminalError(
+        f"step '{ctx.step_id}': config.{field}: {path} is outside the directories this worker may "
+        f"read and write (engine.file_roots: {allowed})"
+    )
+
+
+def real_roots(roots: list[str] | tuple[str, ...]) -> tuple[Path, ...]:
+    """The real paths of configured file roots (each must be an existing directory: ValueError)."""
+    out = []
+    for root in roots:
+        real = Path(os.path.realpath(os.path.expanduser(root)))
+        if not real.is_dir():
+            raise ValueError(f"{root} is not a directory")
+        out.append(real)
+    return tuple(out)
 
 
 def partition_target(ctx: StepContext, target: Path) -> Path:

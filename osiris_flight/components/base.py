@@ -50,6 +50,9 @@ class StepContext:
     log_metric: MetricFn = field(default=lambda name, value, **tags: None)
     log_event: EventFn = field(default=lambda name, **fields: None)
     cancel_event: threading.Event = field(default_factory=threading.Event)
+    # The directories file components may open (real paths, symlinks resolved); None: any path the
+    # worker's user can reach (``engine.file_roots``; _files.confine enforces it).
+    file_roots: tuple[Path, ...] | None = None
 
     def check_cancelled(self) -> None:
         if self.cancel_event.is_set():

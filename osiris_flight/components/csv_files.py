@@ -238,7 +238,7 @@ class CsvExtractor(Source):
 
     def open(self) -> RowStream:
         cfg = self.config
-        path = _files.resolve_path(str(cfg["path"]))
+        path = _files.resolve_path(self.ctx, str(cfg["path"]))
         if not path.is_file():
             what = "is a directory, not a file" if path.is_dir() else "does not exist"
             raise TerminalError(f"step '{self.ctx.step_id}': config.path: CSV file {path} {what}")
@@ -431,7 +431,8 @@ class CsvWriter(Sink):
     def write(self, stream: RowStream) -> WriteResult:
         cfg = self.config
         step = self.ctx.step_id
-        target = _files.partition_target(self.ctx, _files.resolve_path(str(cfg["path"])))
+        target = _files.partition_target(self.ctx, _files.resolve_path(self.ctx, str(cfg["path"])))
+        target = _files.confine(self.ctx, target)  # the partition's own file may be a symlink too
         _files.prepare_target(self.ctx, target, create_dirs=bool(cfg.get("create_dirs", True)))
         schema = stream.schema
         order = sorted(schema.names) if cfg.get("column_order", "sorted") == "sorted" else schema.names

@@ -15,6 +15,11 @@ data streams instead:
   ``MIN_MEMORY_BYTES``: smaller limits make DuckDB fail sorts instead of spilling) and spills sorts,
   joins, aggregates and temporary tables to ``temp_directory`` under ``ctx.work_dir``, deleted when
   the step ends.
+* The query reaches nothing but its inputs (``LOCKDOWN``): DuckDB's external access is off and its
+  configuration locked, so SQL cannot read or write files (``read_text``, ``read_csv``, ``COPY``,
+  ``ATTACH``), fetch URLs or load extensions on the worker. Osiris's processor works on in-memory
+  DataFrames and its examples read nothing from SQL; files are read by ``filesystem.*`` steps,
+  which the worker confines to ``engine.file_roots``.
 * The result streams out as Arrow batches of ``ctx.batch_rows`` rows. Insertion order is preserved
   (DuckDB's default), so a query without ORDER BY returns rows in the same order as in Osiris.
 
@@ -50,6 +55,19 @@ if TYPE_CHECKING:
 MIN_MEMORY_BYTES = 128 * 1024 * 1024
 # DuckDB's default is every core; several tasks share a worker, so one step takes at most this many.
 MAX_THREADS = 4
+# Set on every connection once its memory limit, threads and spill directory are (in this order: with
+# external access off those can no longer be set). The query then reaches only its inputs: no file,
+# URL, database file, extension or Python variable (read_text, read_csv, COPY, ATTACH, httpfs, ...
+# fail with DuckDB's "Permission Error: Cannot access file ..."), while DuckDB still spills to its
+# temp directory; the locked configuration refuses any SET that would undo it.
+LOCKDOWN = (
+    "SET enable_progress_bar = false",
+    "SET python_enable_replacements = false",
+    "SET autoinstall_known_extensions = false",
+    "SET autoload_known_extensions = false",
+    "SET enable_external_access = false",
+    "SET lock_configuration = true",
+)
 # An input materialized before the query is registered under this private name first.
 _STAGING = "__osiris_input_{}"
 # Plenty for any real pipeline; the planner needs an upper bound.
@@ -83,7 +101,7 @@ def _duckdb() -> Any:
         import duckdb
     except ImportError:  # a broken install: duckdb is a declared dependency
         raise TerminalError(
-            "duckdb.processor needs the 'duckdb' package: pip install 'duckdb>=1.0'"
+            "duckdb.processor needs the 'duckdb' package: pip install 'duckdb>=1.1'"
         ) from None
     return duckdb
 
@@ -218,7 +236,8 @@ class DuckDBProcessor(Transform):
         }
         try:
             con = _duckdb().connect(":memory:", config=config)
-            con.execute("SET enable_progress_bar = false")
+            for setting in LOCKDOWN:
+                con.execute(setting)
         except Exception as exc:
             shutil.rmtree(temp_dir, ignore_errors=True)
             raise TerminalError(f"step '{ctx.step_id}': cannot start DuckDB: {exc}") from None
@@ -313,6 +332,11 @@ class DuckDBProcessor(Transform):
                 f"{max(MIN_MEMORY_BYTES, ctx.memory_limit_bytes // 2) >> 20} MiB here, half of the "
                 "worker's memory budget; raise the workers' memory limit)"
             )
+        if isinstance(exc, getattr(duckdb, "PermissionException", ())):
+            return TerminalError(
+                f"step '{ctx.step_id}': DuckDB query failed: {message} (duckdb.processor reads only its "
+                "inputs, tables df_<step id>: read files with a filesystem.* step upstream)"
+            )
         return TerminalError(f"step '{ctx.step_id}': DuckDB query failed: {message}")
 
 
@@ -338,7 +362,7 @@ def _arrow_reader(relation: Any, rows: int) -> pa.RecordBatchReader:
         if hasattr(relation, method):
             reader: pa.RecordBatchReader = getattr(relation, method)(rows)
             return reader
-    raise TerminalError("this duckdb version cannot return Arrow record batches; install duckdb>=1.0")
+    raise TerminalError("this duckdb version cannot return Arrow record batches; install duckdb>=1.1")
 
 
 COMPONENTS: list[ComponentSpec] = [

@@ -40,6 +40,7 @@ import pandas as pd
 import pyarrow as pa
 import yaml
 
+from osiris_flight.components import _files
 from osiris_flight.components.base import (
     ComponentSpec,
     Operator,
@@ -227,6 +228,8 @@ def _upstream_id(stream: RowStream, ctx: StepContext) -> str:
 def driver_config(ctx: StepContext, role: Role) -> dict[str, Any]:
     """The config a driver receives, built the way Osiris's compiler and runner build it."""
     config: dict[str, Any] = {"mode": COMPONENT_MODE[role], **ctx.config}
+    if isinstance(config.get("path"), str):  # Osiris's filesystem drivers: held to the file roots too
+        _files.resolve_path(ctx, config["path"])
     ref = config.pop("connection", None)
     if isinstance(ref, str) and ref.startswith("@"):
         try:

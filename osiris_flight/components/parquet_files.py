@@ -137,7 +137,7 @@ def _is_hidden(path: Path, root: Path | None) -> bool:
 
 def list_files(ctx: StepContext, spec: str) -> list[Path]:
     """The Parquet files ``spec`` names, sorted; TerminalError when there are none."""
-    path = _files.resolve_path(spec)
+    path = _files.resolve_path(ctx, spec)
     if path.is_file():
         return [path]
     if path.is_dir():
@@ -155,7 +155,7 @@ def list_files(ctx: StepContext, spec: str) -> list[Path]:
         files, where = [], f"Parquet file {path} does not exist"
     if not files:
         raise TerminalError(f"step '{ctx.step_id}': config.path: {where}")
-    return sorted(files)
+    return sorted(_files.confine(ctx, file) for file in files)  # a listed file may be a symlink out
 
 
 @dataclass(frozen=True)
@@ -268,7 +268,8 @@ class ParquetWriter(Sink):
         step = self.ctx.step_id
         if cfg.get("write_mode", "overwrite") != "overwrite":
             raise TerminalError(f"step '{step}': config.write_mode: Parquet supports only overwrite")
-        target = _files.partition_target(self.ctx, _files.resolve_path(str(cfg["path"])))
+        target = _files.partition_target(self.ctx, _files.resolve_path(self.ctx, str(cfg["path"])))
+        target = _files.confine(self.ctx, target)  # the partition's own file may be a symlink too
         _files.prepare_target(self.ctx, target, create_dirs=bool(cfg.get("create_dirs", True)))
         schema = stream.schema
         group_rows = int(cfg.get("row_group_size", DEFAULT_ROW_GROUP_ROWS))

@@ -1,4 +1,9 @@
-"""Layout of ``run_logs/<pipeline>/<utc-timestamp>_<run_id>/`` and finding runs again."""
+"""Layout of ``run_logs/<pipeline>/<utc-timestamp>_<run_id>/`` and finding runs again.
+
+A run directory (and a pipeline directory this makes) is mode ``0750`` (less under a stricter umask):
+its events, errors and artifacts may quote the run's data, so only the coordinator's user and its
+group read them; add who runs ``osiris-flight runs``/``logs`` there to that group.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from typing import Any
 from osiris_flight.errors import InvalidInput, Problem
 
 STATUS_VERSION = 1
+RUN_DIR_MODE = 0o750
 _RUN_ID = re.compile(r"^[0-9a-f]{12}$")
 
 
@@ -54,8 +60,10 @@ class RunDir:
     def create(cls, root: Path, pipeline: str, run_id: str) -> RunDir:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         path = root / _safe(pipeline) / f"{stamp}_{run_id}"
-        path.mkdir(parents=True, exist_ok=False)
-        (path / "artifacts").mkdir()
+        root.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=RUN_DIR_MODE, exist_ok=True)
+        path.mkdir(mode=RUN_DIR_MODE, exist_ok=False)
+        (path / "artifacts").mkdir(mode=RUN_DIR_MODE)
         return cls(path.resolve())
 
     @property

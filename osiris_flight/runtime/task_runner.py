@@ -126,16 +126,18 @@ def run_task(
     log_metric: Callable[..., None] = lambda name, value, **tags: None,
     log_event: Callable[..., None] = lambda name, **fields: None,
     on_checkpoint: CheckpointFn = lambda token, state, rows: None,
+    file_roots: tuple[Path, ...] | None = None,
 ) -> TaskResult:
     """Run the chain to completion; raise on failure (the caller classifies the error).
 
     ``open_input(step_id)`` returns the stream of an upstream step that lives in another stage.
     ``on_checkpoint(token, sink_state, rows)`` is called after each durable chunk commit of a
     chunked task, so that the coordinator can journal where a resumed attempt may continue.
+    ``file_roots``: the directories file components may open (None: anywhere; StepContext).
     """
     spec = task.spec
     steps = [
-        _build(task, registry, step, work_dir, memory_limit_bytes, log_metric, log_event)
+        _build(task, registry, step, work_dir, memory_limit_bytes, log_metric, log_event, file_roots)
         for step in spec.steps
     ]
     stream: RowStream | None = None
@@ -174,6 +176,7 @@ def _build(
     memory_limit_bytes: int,
     log_metric: Callable[..., None],
     log_event: Callable[..., None],
+    file_roots: tuple[Path, ...] | None,
 ) -> _Step:
     spec = task.spec
     step_id = step["id"]
@@ -202,6 +205,7 @@ def _build(
         log_metric=log_metric,
         log_event=log_event,
         cancel_event=task.cancel,
+        file_roots=file_roots,
     )
     operator = component.operator(ctx)
     if not isinstance(operator, Source | Transform | Sink):

@@ -9,6 +9,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 import zmq
 import zmq.auth
@@ -467,6 +468,75 @@ def test_keys_cluster_makes_every_key_in_place_and_never_overwrites(tmp_path: Pa
     }
     again = osiris(["keys", "cluster", str(tmp_path / "k")], tmp_path)
     assert again.code == 2 and "exist" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_spawned_workers_hold_a_worker_only_key_of_their_own_never_the_coordinators(
+    tmp_path: Path, keys: Path, daemons: list
+) -> None:
+    proc, address = start_coordinator(
+        tmp_path,
+        "--curve-secret-key",
+        str(keys / "coordinator.key_secret"),
+        "--curve-authorized-keys",
+        str(keys / "authorized"),
+        "--spawn-workers",
+        "1",
+    )
+    daemons.append(proc)
+    with Client(address, curve=curve(keys, "admin")) as admin:
+        admin.wait_for_workers(1, timeout_s=60)
+    (child,) = psutil.Process(proc.pid).children()
+    argv = child.cmdline()
+    secret_file = Path(argv[argv.index("--curve-secret-key") + 1])
+    server_file = Path(argv[argv.index("--curve-server-key") + 1])
+    # No argument names the coordinator's secret key file, and no file the worker is given holds it.
+    _, coordinator_secret = zmq.auth.load_certificate(str(keys / "coordinator.key_secret"))
+    assert coordinator_secret is not None
+    assert not any("coordinator.key_secret" in arg for arg in argv), argv
+    for given in (secret_file, server_file):
+        assert coordinator_secret.decode() not in given.read_text()
+    assert zmq.auth.load_certificate(str(server_file)) == (
+        zmq.auth.load_certificate(str(keys / "coordinator.key"))[0],
+        None,
+    )
+    assert secret_file.stat().st_mode & 0o777 == 0o600
+    assert secret_file.parent.stat().st_mode & 0o777 == 0o700
+
+    # The spawned workers' key is a worker key and nothing more.
+    spawned = key_socket(address, secret_file, keys, "spawned")
+    for message in (p.Shutdown("mine now"), p.ClusterStatusRequest()):
+        spawned.send(p.encode(message))
+        (answer,) = received(spawned, 10)
+        assert isinstance(answer, p.Reject) and "this key holds worker" in answer.reason, answer
+    spawned.close()
+    # The coordinator's own key is admin, no longer worker: it cannot register.
+    own = key_socket(address, keys / "coordinator.key_secret", keys, "own")
+    register(own, "own")
+    (answer,) = received(own, 10)
+    assert isinstance(answer, p.Reject) and "worker role" in answer.reason, answer
+    own.close()
+
+    use_client_key(tmp_path, address, keys)
+    (tmp_path / "pipeline.yaml").write_text(QUICK)
+    result = osiris(["run", "pipeline.yaml", "--cluster", address, "--json"], tmp_path)
+    assert result.code == 0, result.stderr
+    assert read_csv(tmp_path / "out/quick.csv").num_rows == 100
+
+    proc.terminate()
+    proc.wait(timeout=30)
+    assert not secret_file.parent.exists()  # the ephemeral keypair is gone with its coordinator
+
+
+def key_socket(address: str, secret_file: Path, keys: Path, identity: str) -> zmq.Socket:
+    """A DEALER socket holding the keypair in ``secret_file``."""
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt_string(zmq.IDENTITY, identity)
+    public, secret = zmq.auth.load_certificate(str(secret_file))
+    server, _ = zmq.auth.load_certificate(str(keys / "coordinator.key"))
+    sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = public, secret, server
+    sock.connect(address)
+    return sock
 
 
 def test_a_run_without_a_recorded_owner_is_resumed_only_by_an_admin(tmp_path: Path) -> None:

@@ -366,6 +366,8 @@ def test_terminal_failure_fails_the_run_with_the_real_message_and_leaves_no_targ
     assert not (workdir / "out/flaky.csv").exists()
     run_dir = latest_run_dir(workdir)
     assert '"failed"' in (run_dir / "status.json").read_text()
+    for made in (run_dir, run_dir.parent, run_dir / "artifacts"):  # the run's data: no other user
+        assert made.stat().st_mode & 0o777 in (0o750, 0o700), (made, oct(made.stat().st_mode))
     assert_no_orphans(workdir)
     # The run is listed and its events read back, also with a torn last line (a coordinator killed
     # mid-write, or `logs` reading while a run writes).

@@ -297,3 +297,41 @@ def test_output_is_a_pandas_frame_too(tmp_path: Path) -> None:
     ctx = make_ctx(tmp_path, {"query": "SELECT name FROM df_c ORDER BY name"}, step_id="sql")
     frames = list(DuckDBProcessor(ctx).apply({"c": stream_of(CUSTOMERS)}).read_batch(2))
     assert pd.concat(frames, ignore_index=True)["name"].tolist() == ["Ada", "Bő", "Çağ 😀"]
+
+
+# -- lockdown: the query reaches its inputs and nothing else -------------------------------------
+def test_sql_cannot_read_or_write_files_and_errors_carry_no_content(tmp_path: Path) -> None:
+    secret = tmp_path / "worker.key_secret"
+    secret.write_text("secret-key = 'S3CR3T-KEY-CONTENT'\n")
+    hostname = Path("/etc/hostname").read_text().strip()
+    attacks = [
+        "SELECT * FROM read_text('/etc/hostname')",
+        "SELECT * FROM read_blob('/proc/self/environ')",
+        f"SELECT CAST(content AS INTEGER) FROM read_text('{secret}')",
+        f"SELECT * FROM read_csv('{secret}', columns = {{'line': 'VARCHAR'}})",
+        f"SELECT * FROM sniff_csv('{secret}')",
+        f"SELECT * FROM glob('{tmp_path}/*')",
+        f"COPY (SELECT 1 AS x) TO '{tmp_path / 'copied.csv'}'; SELECT 1",
+        f"ATTACH '{tmp_path / 'attached.db'}' AS a; SELECT 1",
+        "SELECT * FROM read_csv('https://example.com/data.csv')",
+        "SET enable_external_access = true; SELECT * FROM read_text('/etc/hostname')",
+    ]
+    for query in attacks:
+        with pytest.raises(TerminalError) as err:
+            run(tmp_path, query, {"o": stream_of(ORDERS)})
+        message = str(err.value)
+        assert message.startswith("step 'sql': DuckDB query failed: "), message
+        assert "disabled by configuration" in message or "configuration has been locked" in message, message
+        assert "S3CR3T" not in message and (not hostname or hostname not in message), message
+        assert not is_transient(err.value)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["worker.key_secret"]
+
+
+def test_settings_the_engine_needs_are_set_before_the_lock(tmp_path: Path) -> None:
+    query = (
+        "SELECT current_setting('enable_external_access') AS ext, current_setting('lock_configuration') AS "
+        "locked, current_setting('temp_directory') AS temp, current_setting('threads') AS threads"
+    )
+    (row,) = run(tmp_path, query, {}).to_pylist()
+    assert row["ext"] is False and row["locked"] is True
+    assert row["temp"].startswith(str(tmp_path)) and int(row["threads"]) >= 1

@@ -85,7 +85,7 @@ def load_data(
     for start in range(0, batch.num_rows, max_rows):
         work_file.write_bytes(encode.load_data_lines(batch.slice(start, max_rows)))
         try:
-            query_load_local(conn, statement)
+            query_load_local(conn, statement, str(work_file))
         finally:
             work_file.unlink(missing_ok=True)
         if conn._result is not None and conn._result.warning_count:

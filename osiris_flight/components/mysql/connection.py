@@ -173,6 +173,11 @@ def connect(
         conn = pymysql.connect(**kwargs)
     except (pymysql.err.MySQLError, OSError) as exc:
         raise classify(exc, step_id=step_id, ref=ref, what="cannot connect", secrets=secrets) from None
+    # local_infile announces LOAD DATA LOCAL at the handshake (the writer's bulk path needs it), but
+    # pymysql would send whatever file the *server* names in answer to any query, and the server is
+    # the run's to choose (a client supplies its connections): a rogue one could read the worker's
+    # files. So pymysql's own handler is off; load_local.py sends only the file its statement names.
+    conn._local_infile = False
     settings = ["time_zone = '+00:00'"]
     if purpose == "read":
         settings.append(f"net_write_timeout = {NET_WRITE_TIMEOUT_S}")

@@ -31,12 +31,14 @@ from pymysql.constants import COMMAND, CR
 PACKET_BYTES = 16 * 1024  # what pymysql sends per packet
 
 
-def query_load_local(conn: Connection, sql: str | bytes) -> int:
-    """Run a LOAD DATA LOCAL INFILE statement on ``conn``; the number of affected rows."""
+def query_load_local(conn: Connection, sql: str | bytes, path: str) -> int:
+    """Run a LOAD DATA LOCAL INFILE statement on ``conn`` that sends the file ``path`` (the one the
+    statement names); the number of affected rows. A server asking for any other file gets none."""
     if isinstance(sql, str):
         sql = sql.encode(conn.encoding)
     conn._execute_command(COMMAND.COM_QUERY, sql)
     result = _WatchedUpload(conn)
+    result.path = path
     result.read()
     conn._result = result
     if result.server_status is not None:
@@ -46,11 +48,19 @@ def query_load_local(conn: Connection, sql: str | bytes) -> int:
 
 
 class _WatchedUpload(MySQLResult):
+    path = ""  # the one file this upload may send
+
     def _read_load_local_packet(self, first_packet: object) -> None:
         conn: Connection = self.connection
-        if not conn._local_infile:
-            raise RuntimeError("the server asked for a local file, but local_infile is off")
         filename = LoadLocalPacketWrapper(first_packet).filename
+        if isinstance(filename, bytes):
+            filename = filename.decode(conn.encoding, errors="replace")
+        if filename != self.path:  # a server asking for a file of its choice: send nothing
+            conn.write_packet(b"")
+            conn._read_packet()
+            raise pymysql.err.OperationalError(
+                CR.CR_UNKNOWN_ERROR, "the MySQL server asked for a local file other than the load's own"
+            )
         try:
             fh = open(filename, "rb")  # noqa: SIM115 - closed below, the socket errors come first
         except OSError as exc:
