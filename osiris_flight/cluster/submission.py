@@ -10,6 +10,7 @@ the reason; nothing of it reaches the scheduler, whose state machine trusts its 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, get_args
 
 from osiris_flight.oml.model import Manifest, OutputKind, Plan
@@ -40,6 +41,9 @@ def parse_submission(manifest_dict: dict[str, Any], plan_dict: dict[str, Any]) -
     return manifest, plan
 
 
+_SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # protocol.SafeName: task ids must match
+
+
 def check_plan(manifest: Manifest, plan: Plan) -> None:
     step_ids = [step.id for step in manifest.steps]
     if len(set(step_ids)) != len(step_ids):
@@ -66,6 +70,9 @@ def check_plan(manifest: Manifest, plan: Plan) -> None:
             raise InvalidSubmission(f"{where} has an unknown output kind")
         if stage.partitions < 1:
             raise InvalidSubmission(f"{where} has no partitions")
+        if not _SAFE_ID.fullmatch(f"{stage.id}.p{stage.partitions - 1}"):
+            # Its task ids would be refused by every worker (they name scratch directories there).
+            raise InvalidSubmission(f"{where}: a stage id is letters, digits, '.', '_' or '-', at most 120")
         seen.add(stage.id)
         placed.update(stage.steps)
     if (tasks := sum(stage.partitions for stage in plan.stages)) > MAX_TASKS:

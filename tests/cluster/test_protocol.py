@@ -412,6 +412,7 @@ def test_the_manifest_and_plan_are_checked_against_each_other() -> None:
         "has no steps": [stage | {"steps": []}],
         "unknown output kind": [stage | {"output": "teleport"}],
         "consumers that are not the stages reading it": [stage | {"consumers": ["s0"]}],
+        "a stage id is letters": [stage | {"id": "../s0"}],
     }
     for error, stages in bad_plans.items():
         with pytest.raises(InvalidSubmission, match=error):

@@ -84,8 +84,14 @@ def _send_packet(conn: Connection, payload: bytes) -> None:
     conn._next_seq_id = (conn._next_seq_id + 1) % 256
     sock = conn._sock
     timeout = conn._write_timeout
+    poller = select.poll()  # not select.select: it cannot watch a descriptor past 1023
+    poller.register(sock, select.POLLIN | select.POLLOUT)
     while data:
-        readable, writable, _ = select.select([sock], [sock], [], timeout)
+        events = dict(poller.poll(None if timeout is None else timeout * 1000)).get(sock.fileno(), 0)
+        readable, writable = (
+            events & (select.POLLIN | select.POLLHUP | select.POLLERR),
+            events & select.POLLOUT,
+        )
         if readable:
             _server_spoke(conn)
         if not writable:
