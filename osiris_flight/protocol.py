@@ -38,9 +38,11 @@ PROTOCOL_VERSION = 4
 # - FetchOutput (the Flight ticket) gains bucket (0 until hash exchanges exist), reader (the worker
 #   id the ticket was minted for), expires_at (unix seconds) and token (HMAC-SHA256 by the
 #   coordinator over the other fields, data/fetch_token.py); a worker serves no ticket without a
-#   valid token.
-# - Welcome gains fetch_token_key: the coordinator's HMAC key that the worker's Flight server checks
-#   tokens with (a secret: travels only inside CURVE or the embedded cluster's private link).
+#   valid token, and refuses a ticket over 4 KiB undecoded (flight_io.MAX_TICKET_BYTES).
+# - Welcome gains fetch_token_key: this worker's own HMAC key, which its Flight server checks tokens
+#   with, derived from a master key the coordinator never sends (data/fetch_token.py server_key); the
+#   coordinator signs each ticket with its serving worker's key. A secret: travels only inside CURVE
+#   or the embedded cluster's private link.
 # - Reject gains rejoin: only a Reject with rejoin set tells a worker it is not registered (declared
 #   lost) and must register again; any other Reject refused that one message and nothing more.
 # - Every field is checked against its declared type and bounds on decode, ids are single safe path
@@ -327,7 +329,7 @@ class Welcome(Message):
     worker_id: str
     heartbeat_interval_s: Interval
     plugins: list[str] = field(default_factory=list)
-    fetch_token_key: bytes = b""  # secret: never log a Welcome
+    fetch_token_key: bytes = b""  # this worker's own key (fetch_token.server_key); secret: never log it
 
     def __repr__(self) -> str:
         return f"Welcome(worker_id={self.worker_id!r}, heartbeat_interval_s={self.heartbeat_interval_s!r})"

@@ -120,7 +120,9 @@ class Coordinator:
         self.scheduler = s.Scheduler(start_timeout_s=patience, drain_timeout_s=patience)
         self.workers: dict[str, WorkerInfo] = {}
         self.runs: dict[str, ActiveRun] = {}
-        self._token_key = fetch_token.new_key()  # signs Flight tickets; workers get it in Welcome
+        # Master of the Flight fetch-token keys; never sent: each worker gets only its own key
+        # (fetch_token.server_key) in Welcome, and a ticket is signed with its serving worker's key.
+        self._token_master = fetch_token.new_key()
         self._zmq = zmq.Context()
         self.sock = self._zmq.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 1000)
@@ -467,7 +469,10 @@ class Coordinator:
         self._send(
             identity,
             p.Welcome(
-                msg.worker_id, self.options.heartbeat_interval_s, list(self.options.plugins), self._token_key
+                msg.worker_id,
+                self.options.heartbeat_interval_s,
+                list(self.options.plugins),
+                fetch_token.server_key(self._token_master, msg.worker_id),
             ),
         )
         for run in self.runs.values():
@@ -612,7 +617,8 @@ class Coordinator:
             uri = self.workers[loc.worker_id].flight_uri if loc.worker_id in self.workers else ""
             unsigned = p.FetchOutput(ins.run_id, loc.stage_id, loc.partition, loc.attempt)
             ttl = self.options.fetch_token_ttl_s
-            ticket = p.encode_ticket(fetch_token.mint(self._token_key, unsigned, ins.worker_id, ttl))
+            key = fetch_token.server_key(self._token_master, loc.worker_id)  # the serving worker's
+            ticket = p.encode_ticket(fetch_token.mint(key, unsigned, ins.worker_id, ttl))
             inputs.setdefault(producer.last_step, []).append({"flight_uri": uri, "ticket": ticket})
         refs = {ref for step in steps for ref in _connection_refs(step["config"])}
         connections = {ref: run.connections[ref] for ref in sorted(refs) if ref in run.connections}

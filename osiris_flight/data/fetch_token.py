@@ -1,11 +1,19 @@
 """Fetch tokens: the coordinator's signature on one Flight ``do_get``.
 
 A worker's Flight server serves an output only to a ticket (``FetchOutput``) carrying a token the
-coordinator minted when it assigned the reading task: HMAC-SHA256, under a key the coordinator makes
-at start and hands to each worker in ``Welcome`` (over the CURVE-encrypted control plane, or the
-embedded cluster's private link), over the run, stage, partition, bucket, attempt, reader worker id
-and expiry. Changing any of those (another run's output, another attempt) breaks the signature; a
-stranger without the key cannot make one; a token stops working at ``expires_at``.
+coordinator minted when it assigned the reading task: HMAC-SHA256 over the run, stage, partition,
+bucket, attempt, reader worker id and expiry. Changing any of those (another run's output, another
+attempt) breaks the signature; a stranger without the key cannot make one; a token stops working at
+``expires_at``.
+
+Keys. The coordinator makes a master key at start and never sends it. Each worker's Flight server
+verifies with its own key, ``server_key(master, worker_id)`` = HMAC-SHA256(master, domain || worker
+id), which only that worker receives, in its ``Welcome`` (over the CURVE-encrypted control plane, or
+the embedded cluster's private link; again in the Welcome of a rejoin, the id being the same). The
+coordinator mints the ticket for an input with the key of the worker serving it. So a worker's key
+mints tokens only for its own outputs, which it holds anyway: a hostile worker cannot read another
+worker's outputs with it. The ``reader`` field is signed but not checked against the caller: all
+workers share one TLS certificate name, so the server cannot tell which worker is calling.
 
 Lifetime (``cluster.fetch_token_ttl_s``, default ``DEFAULT_TTL_S`` = 24 h). A token is minted when
 the task is assigned and checked when each input partition's stream opens, and a task opens its
@@ -32,6 +40,9 @@ from osiris_flight.protocol import FetchOutput
 DEFAULT_TTL_S = 24 * 3600.0
 KEY_BYTES = 32
 _DOMAIN = b"osiris-flight fetch token v1"
+# Fixed prefix of a server key's derivation input, then the worker id (so distinct ids are distinct
+# inputs). The master key signs nothing else: tokens are signed with server keys.
+_SERVER_KEY_DOMAIN = b"osiris-flight fetch-token server key v1\x00"
 
 
 class TokenRefused(Exception):
@@ -40,8 +51,14 @@ class TokenRefused(Exception):
 
 
 def new_key() -> bytes:
-    """A fresh HMAC key (the coordinator makes one at start)."""
+    """A fresh master key (the coordinator makes one at start and keeps it)."""
     return secrets.token_bytes(KEY_BYTES)
+
+
+def server_key(master: bytes, server_id: str) -> bytes:
+    """The key worker ``server_id``'s Flight server verifies tokens with, and the coordinator mints
+    tickets for that worker's outputs with: HMAC-SHA256(master, domain || server_id)."""
+    return hmac.new(master, _SERVER_KEY_DOMAIN + server_id.encode(), hashlib.sha256).digest()
 
 
 def _signed_fields(ticket: FetchOutput) -> bytes:
@@ -65,7 +82,8 @@ def _mac(key: bytes, ticket: FetchOutput) -> bytes:
 
 
 def mint(key: bytes, ticket: FetchOutput, reader: str, ttl_s: float, now: float | None = None) -> FetchOutput:
-    """``ticket`` for ``reader``, valid ``ttl_s`` seconds from ``now``, signed."""
+    """``ticket`` for ``reader``, valid ``ttl_s`` seconds from ``now``, signed with ``key`` (the
+    serving worker's ``server_key``)."""
     unsigned = dataclasses.replace(
         ticket, reader=reader, expires_at=float((time.time() if now is None else now) + ttl_s), token=b""
     )

@@ -54,6 +54,14 @@ CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
     ("grpc.http2.lookahead_bytes", RECEIVE_WINDOW_BYTES),
 ]
 
+# The largest ticket the server reads. A real one (an encoded FetchOutput with its token) is about 200
+# bytes; anything bigger was minted by no coordinator, and is refused before it is decoded: msgpack
+# turns one byte of a hostile ticket into a Python object of ~60 bytes (two 16 MB tickets of empty
+# maps took a worker to 2.5 GB). gRPC itself still receives the whole message: Arrow's server sets no
+# receive limit (SetMaxReceiveMessageSize(-1), for do_put) and pyarrow 26's FlightServerBase exposes
+# no option (generic_options, builder_hook) to set one, so a big ticket still costs its size, in
+# copies freed when the call ends.
+MAX_TICKET_BYTES = 4096
 BAD_TICKET = "bad ticket"  # prefix of the server's refusal; the client maps it to ProtocolError
 FETCH_REFUSED = "fetch refused"  # prefix of a refused token (FlightUnauthenticatedError)
 ONLY_DO_GET = "an osiris-flight worker serves do_get with a ticket from its coordinator only"
@@ -72,9 +80,9 @@ class FetchRefused(TerminalError):
 
 class FlightDataServer(flight.FlightServerBase):
     """Serves the outputs of ``store`` by ``FetchOutput`` ticket, to tickets whose token verifies
-    under ``token_key`` (``set_token_key``: the worker learns it in Welcome; until then every fetch
-    is refused). With ``tls`` it listens on ``grpc+tls://`` and requires a client certificate signed
-    by ``tls.ca``.
+    under ``token_key``, this worker's own key (``set_token_key``: the worker learns it in Welcome;
+    until then every fetch is refused); a ticket over ``MAX_TICKET_BYTES`` is refused undecoded.
+    With ``tls`` it listens on ``grpc+tls://`` and requires a client certificate signed by ``tls.ca``.
 
     A complete output held wholly in memory is sent by C++ (``RecordBatchStream``: no Python per
     batch); anything else (still being written, or spilled) streams through the store's reader as it
@@ -122,7 +130,8 @@ class FlightDataServer(flight.FlightServerBase):
         return self._uri
 
     def set_token_key(self, key: bytes | None) -> None:
-        """The coordinator's HMAC key that tickets' tokens must verify under (None: refuse all)."""
+        """The key tickets' tokens must verify under: this worker's, from the coordinator's Welcome
+        (data/fetch_token.py ``server_key``; None: refuse all)."""
         self._token_key = key or None
 
     def start(self) -> FlightDataServer:
@@ -154,8 +163,15 @@ class FlightDataServer(flight.FlightServerBase):
             raise flight.FlightServerError("internal error (see the serving worker's log)") from None
 
     def _serve(self, context: flight.ServerCallContext, ticket: flight.Ticket) -> flight.FlightDataStream:
+        raw = ticket.ticket
+        if len(raw) > MAX_TICKET_BYTES:
+            log.warning("refused a %d-byte ticket from %s", len(raw), _peer(context))
+            raise flight.FlightUnauthenticatedError(
+                f"{FETCH_REFUSED}: the ticket has {len(raw)} bytes, more than the {MAX_TICKET_BYTES} "
+                "a coordinator's ticket may have"
+            )
         try:
-            fetch = decode_ticket(ticket.ticket)
+            fetch = decode_ticket(raw)
         except ProtocolError as exc:
             raise flight.FlightServerError(
                 f"{BAD_TICKET}: {exc} (the ticket must be an encoded FetchOutput; are both peers the "

@@ -4,19 +4,24 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import hmac
 import stat
+import struct
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import psutil
 import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 
 from osiris_flight.data import fetch_token
 from osiris_flight.data.batch_store import BatchStore
-from osiris_flight.data.flight_io import FetchRefused, FlightClientPool, FlightDataServer
+from osiris_flight.data.flight_io import MAX_TICKET_BYTES, FetchRefused, FlightClientPool, FlightDataServer
 from osiris_flight.data.tls import WORKER_SERVER_NAME, FlightTLS, load_flight_tls
 from osiris_flight.errors import InvalidInput, TerminalError, UpstreamLost, is_transient
 from osiris_flight.hosts import is_loopback, stays_on_host
@@ -328,3 +333,102 @@ def test_the_bytes_on_the_wire_hold_no_row_value_or_token_with_tls(
     finally:
         relay.close()
         server.shutdown()
+
+
+def test_each_worker_serves_with_its_own_key_derived_from_the_master(
+    store: BatchStore, stored: FetchOutput, pool: FlightClientPool
+) -> None:
+    """server_key(master, id) is HMAC-SHA256(master, domain || id): the same for one id, another for
+    another id or master, never the master; a token minted with worker B's key is refused by a
+    server holding worker A's key, on the wire and in ``verify``."""
+    master, other_master = fetch_token.new_key(), fetch_token.new_key()
+    key_a = fetch_token.server_key(master, "alpha")
+    key_b = fetch_token.server_key(master, "beta")
+    assert key_a == fetch_token.server_key(master, "alpha") and len(key_a) == fetch_token.KEY_BYTES
+    assert len({key_a, key_b, fetch_token.server_key(other_master, "alpha"), master}) == 4
+    assert fetch_token.server_key(master, "alph") != fetch_token.server_key(master, "alpha")
+    # The master's MAC of the bare id is not the key: the derivation is domain-separated.
+    assert key_a != hmac.new(master, b"alpha", hashlib.sha256).digest()
+
+    for_a = fetch_token.mint(key_a, stored, "beta", 600.0)
+    for_b = fetch_token.mint(key_b, stored, "beta", 600.0)
+    fetch_token.verify(key_a, for_a)
+    with pytest.raises(fetch_token.TokenRefused, match="does not match"):
+        fetch_token.verify(key_a, for_b)
+    server = FlightDataServer(store, wait_timeout_s=10.0, token_key=key_a).start()
+    try:
+        with pytest.raises(FetchRefused, match="the token does not match the ticket"):
+            pool.read(server.uri, for_b)
+        assert sum(b.num_rows for b in pool.read(server.uri, for_a).batches()) == 100
+    finally:
+        server.shutdown()
+
+
+def test_a_real_ticket_is_far_below_the_ticket_limit() -> None:
+    longest = "x" * 128  # ids are bounded names; a stage id is a step id
+    ticket = fetch_token.mint(TOKEN_KEY, FetchOutput(longest, longest, 65535, 2**31 - 1, 65535), longest, 1e9)
+    assert len(encode_ticket(ticket)) < MAX_TICKET_BYTES // 4
+    assert len(encode_ticket(signed(UNSIGNED))) < 256
+
+
+def _peak_rss(pid: int) -> int:
+    """The process's peak resident set since the last ``_reset_peak`` (VmHWM, bytes)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM in /proc/PID/status")
+
+
+def _reset_peak(pid: int) -> None:
+    Path(f"/proc/{pid}/clear_refs").write_text("5")  # resets VmHWM to the current RSS (Linux)
+
+
+def test_an_oversized_ticket_is_refused_before_it_is_decoded(tmp_path: Path) -> None:
+    """Two 16 MiB tickets of empty msgpack maps, at once (the red team's attack: decoded, they took
+    a worker to 2.5 GB): refused with a short UNAUTHENTICATED status, the serving process's peak RSS
+    grows by the copies gRPC and pyarrow make of the message before our check (gRPC's receive limit
+    is not settable from pyarrow: measured ~6x the ticket), far from msgpack's ~80x; then the server
+    still serves a valid fetch."""
+    script = (
+        "import pathlib, time, pyarrow as pa\n"
+        "from osiris_flight.data.batch_store import BatchStore\n"
+        "from osiris_flight.data.flight_io import FlightDataServer\n"
+        f"store = BatchStore(1 << 20, pathlib.Path({str(tmp_path / 'spill')!r}))\n"
+        f"with store.create({UNSIGNED.key!r}, pa.schema([('id', pa.int64())])) as writer:\n"
+        "    writer.append(pa.record_batch([pa.array(range(100))], names=['id']))\n"
+        f"server = FlightDataServer(store, token_key={TOKEN_KEY!r}).start()\n"
+        "print(server.uri, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    assert proc.stdout is not None
+    uri = proc.stdout.readline().strip()
+    client = flight.FlightClient(uri)
+    try:
+        size = 16 << 20
+        ticket = b"\xdd" + struct.pack(">I", size - 5) + b"\x80" * (size - 5)  # an array of empty maps
+        assert client.do_get(flight.Ticket(encode_ticket(signed(UNSIGNED)))).read_all().num_rows == 100
+        _reset_peak(proc.pid)
+        before = psutil.Process(proc.pid).memory_info().rss
+
+        def send() -> BaseException:
+            with pytest.raises(flight.FlightUnauthenticatedError) as caught:
+                client.do_get(flight.Ticket(ticket)).read_all()
+            return caught.value
+
+        with ThreadPoolExecutor(2) as executor:
+            refusals = list(executor.map(lambda _: send(), range(2)))
+        grown = _peak_rss(proc.pid) - before
+        for refused in refusals:
+            message = str(refused)
+            assert f"fetch refused: the ticket has {size} bytes, more than the {MAX_TICKET_BYTES}" in message
+            assert "Traceback" not in message and ".py" not in message
+        assert grown < 2 * size * 12, f"peak RSS grew by {grown >> 20} MiB"  # decoded: ~2.5 GB
+        assert proc.poll() is None
+        assert client.do_get(flight.Ticket(encode_ticket(signed(UNSIGNED)))).read_all().num_rows == 100
+    finally:
+        client.close()
+        proc.kill()
+        proc.wait(timeout=10)
