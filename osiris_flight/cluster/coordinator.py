@@ -119,6 +119,7 @@ class Coordinator:
         patience = max(10.0, 10 * options.heartbeat_interval_s)
         self.scheduler = s.Scheduler(start_timeout_s=patience, drain_timeout_s=patience)
         self.workers: dict[str, WorkerInfo] = {}
+        self._id_principals: dict[str, str] = {}  # worker id -> the principal that first registered it
         self.runs: dict[str, ActiveRun] = {}
         # Master of the Flight fetch-token keys; never sent: each worker gets only its own key
         # (fetch_token.server_key) in Welcome, and a ticket is signed with its serving worker's key.
@@ -453,6 +454,12 @@ class Coordinator:
         identity = peer.identity
         if identity.decode(errors="replace") != msg.worker_id:
             self._refuse(peer, msg, "worker id must equal the socket identity")
+            return
+        # A worker id stays with the key that first registered it: its fetch-token key is derived
+        # from the id, so another key taking the id of a lost worker would get that worker's key.
+        first = self._id_principals.setdefault(msg.worker_id, peer.principal)
+        if first != peer.principal:
+            self._refuse(peer, msg, f"worker id {msg.worker_id!r} belongs to another key")
             return
         if msg.worker_id in self.workers:
             self._lose_worker(msg.worker_id, "registered again")

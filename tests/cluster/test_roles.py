@@ -550,3 +550,24 @@ def test_a_run_without_a_recorded_owner_is_resumed_only_by_an_admin(tmp_path: Pa
     record_owner(tmp_path, client)
     assert resume_refusal(tmp_path, client) is None
     assert resume_refusal(tmp_path, Peer(b"o", "key:other", frozenset({Role.CLIENT}))) is not None
+
+
+def test_a_lost_workers_id_stays_with_its_key(tmp_path: Path, keys: Path, daemons: list) -> None:
+    """Another worker key cannot take over the id of a worker that left (its fetch-token key is
+    derived from the id); the same key can come back under it."""
+    address = cluster(tmp_path, keys, daemons)
+    worker = daemons[-1]
+    worker.terminate()  # says goodbye: w0 is lost
+    worker.wait(timeout=30)
+    with Client(address, curve=curve(keys, "admin")) as admin:
+        wait_until(lambda: not admin.status().workers, 30, "w0 to be gone")
+    evil = raw_socket(address, keys, "evil", "w0")
+    register(evil, "w0")
+    (answer,) = received(evil, 10)
+    assert isinstance(answer, p.Reject) and "belongs to another key" in answer.reason
+    evil.close()
+    same = raw_socket(address, keys, "worker", "w0")
+    register(same, "w0")
+    (answer,) = received(same, 10)
+    assert isinstance(answer, p.Welcome)
+    same.close()
