@@ -27,7 +27,6 @@ import click
 from osiris_flight.config import Config, load_config
 from osiris_flight.errors import InvalidInput
 from osiris_flight.runtime import allocator
-from osiris_flight.runtime.deep_chains import allow_deep_chains
 
 # Before pyarrow allocates anything: the pool is picked on first use (runtime/allocator.py says why).
 allocator.choose_arrow_pool()
@@ -289,6 +288,8 @@ def worker_main(
     config = _config(config_path)
     _logging(log_level or config.osiris.log_level or "warning")
     allocator.tune()
+    from osiris_flight.runtime.deep_chains import allow_deep_chains  # imports the planner: workers only
+
     allow_deep_chains()  # before any task thread starts
     engine = config.engine
     address = coordinator or config.cluster.coordinator
