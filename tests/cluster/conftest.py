@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pytest
 
+from osiris_flight.cluster.curve import CurveKeys
 from osiris_flight.runs.rundir import read_jsonl
 
 REPO = Path(__file__).resolve().parents[2]
@@ -182,3 +183,23 @@ def workdir(tmp_path: Path) -> Iterator[Path]:
     for proc in engine_processes(tmp_path):
         with contextlib.suppress(psutil.Error):
             proc.send_signal(signal.SIGKILL)
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[subprocess.Popen[Any]]]:
+    """Daemon processes a test starts (append them): stopped, the last started first, at its end."""
+    started: list[subprocess.Popen[Any]] = []
+    yield started
+    for proc in reversed(started):
+        proc.terminate()
+    for proc in started:
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def curve(keys: Path, name: str) -> CurveKeys:
+    """The CURVE keys of ``name`` in a ``keys cluster`` directory, as a client or worker holds them."""
+    return CurveKeys(str(keys / f"{name}.key_secret"), server_key=str(keys / "coordinator.key"))

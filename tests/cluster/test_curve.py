@@ -11,7 +11,6 @@ import shutil
 import socket
 import subprocess
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -90,20 +89,6 @@ def keys(tmp_path: Path) -> Path:
         (authorized / role).mkdir(parents=True)
         shutil.copy(folder / f"{name}.key", authorized / role / f"{name}.key")
     return folder
-
-
-@pytest.fixture
-def daemons(tmp_path: Path, keys: Path) -> Iterator[list[subprocess.Popen[str]]]:
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for proc in started:
-        proc.terminate()
-    for proc in started:
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def coordinator(daemons: list, cwd: Path, *flags: str) -> str:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +24,13 @@ import zmq.auth
 
 from osiris_flight import protocol as p
 from osiris_flight.cluster.client import Client
-from osiris_flight.cluster.curve import CurveKeys
 from osiris_flight.data import fetch_token
 from osiris_flight.data.tls import WORKER_SERVER_NAME, load_flight_tls
 from osiris_flight.oml.model import parse_task_id
 from tests.cluster.conftest import (
     BIN,
     cli_env,
+    curve,
     events,
     latest_run_dir,
     osiris,
@@ -80,24 +79,6 @@ def keys(tmp_path: Path) -> Path:
     assert osiris(["keys", "create", "evil", "--dir", str(folder)], tmp_path).code == 0
     shutil.copy(folder / "evil.key", folder / "authorized" / "workers" / "evil.key")
     return folder
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[subprocess.Popen[Any]]]:
-    started: list[subprocess.Popen[Any]] = []
-    yield started
-    for proc in reversed(started):
-        proc.terminate()
-    for proc in started:
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def curve(keys: Path, name: str) -> CurveKeys:
-    return CurveKeys(str(keys / f"{name}.key_secret"), server_key=str(keys / "coordinator.key"))
 
 
 def start_worker(keys: Path, address: str, name: str, slots: int, cwd: Path) -> subprocess.Popen[Any]:

@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from osiris_flight.cluster.client import Client
 from osiris_flight.cluster.curve import CurveKeys
@@ -46,20 +43,6 @@ steps:
     depends_on: [peek]
     config: {path: "TARGET"}
 """
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[subprocess.Popen[str]]]:
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for proc in started:
-        proc.terminate()
-    for proc in started:
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def test_a_client_key_reaches_only_the_workers_file_roots(tmp_path: Path, daemons: list) -> None:

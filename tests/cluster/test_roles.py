@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -16,7 +15,6 @@ import zmq.auth
 
 from osiris_flight import protocol as p
 from osiris_flight.cluster.client import Client
-from osiris_flight.cluster.curve import CurveKeys
 from osiris_flight.cluster.roles import Peer, Role, record_owner, resume_refusal
 from osiris_flight.components.registry import build_registry
 from osiris_flight.oml.compile import compile_pipeline
@@ -24,6 +22,7 @@ from osiris_flight.oml.plan import plan_manifest
 from tests.cluster.conftest import (
     BIN,
     cli_env,
+    curve,
     events,
     latest_run_dir,
     osiris,
@@ -131,20 +130,6 @@ def keys(tmp_path: Path) -> Path:
     return folder
 
 
-@pytest.fixture
-def daemons() -> Iterator[list[subprocess.Popen[str]]]:
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for proc in started:
-        proc.terminate()
-    for proc in started:
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def cluster(tmp_path: Path, keys: Path, daemons: list, workers: int = 1) -> str:
     """A CURVE coordinator and ``workers`` worker daemons (worker key); the coordinator's address."""
     proc, address = start_coordinator(
@@ -177,10 +162,6 @@ def cluster(tmp_path: Path, keys: Path, daemons: list, workers: int = 1) -> str:
     with Client(address, curve=curve(keys, "admin")) as admin:
         admin.wait_for_workers(workers, timeout_s=60)
     return address
-
-
-def curve(keys: Path, name: str) -> CurveKeys:
-    return CurveKeys(str(keys / f"{name}.key_secret"), server_key=str(keys / "coordinator.key"))
 
 
 def use_client_key(tmp_path: Path, address: str, keys: Path, name: str = "client") -> None:
