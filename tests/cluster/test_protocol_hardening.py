@@ -25,18 +25,11 @@ from tests.cluster.conftest import (
     write_events_csv,
 )
 from tests.cluster.test_daemons import ENGINE, PIPELINE, Daemons
+from tests.cluster.test_protocol import MANIFEST, PLAN
 
 pytestmark = pytest.mark.cluster
 
 V = p.PROTOCOL_VERSION
-STEP = {"id": "a", "component": "filesystem.csv_extractor", "mode": "read", "config": {"path": "x.csv"}}
-MANIFEST = {"manifest_version": 2, "pipeline": {"name": "p", "oml_version": "0.2.0"}, "steps": [STEP]}
-PLAN = {
-    "plan_version": 1,
-    "stages": [
-        {"id": "s0", "steps": ["a"], "partitions": 1, "inputs": [], "consumers": [], "output": "sink"}
-    ],
-}
 REGISTER = {
     "worker_id": "stranger",
     "host": "h",
